@@ -1,0 +1,1 @@
+//! The shared conformance suite for `StateStore` backends (cases land in the next commits).
