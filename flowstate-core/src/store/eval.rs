@@ -9,8 +9,8 @@ use std::cmp::Ordering;
 
 use serde_json::Value;
 
-use super::{Condition, Item, Mutation, Predicate, StoreError, StoreResult};
 use super::value::CmpOp;
+use super::{Condition, Item, Mutation, Predicate, StoreError, StoreResult};
 
 /// Whether every condition holds on `current` (`None`: the item is absent).
 pub fn conditions_hold(conditions: &[Condition], current: Option<&Item>) -> bool {
@@ -23,6 +23,7 @@ pub fn condition_holds(condition: &Condition, current: Option<&Item>) -> bool {
         (Condition::ItemExists, item) => item.is_some(),
         (Condition::ItemAbsent, item) => item.is_none(),
         (Condition::EntryAbsent { .. }, None) => true,
+        (Condition::AttrAbsent(_), None) => true,
         (Condition::Below { bound, .. }, None) => 0 < *bound,
         (Condition::Value { predicate, .. }, None) => predicate_holds(predicate, &Value::Null),
         (_, None) => false,
@@ -201,7 +202,7 @@ mod tests {
         assert!(!condition_holds(&Condition::ItemExists, None));
         assert!(condition_holds(&Condition::EntryAbsent { map: "m".into(), entry: "e".into() }, None));
         assert!(!condition_holds(&Condition::AttrExists("a".into()), None));
-        assert!(!condition_holds(&Condition::AttrAbsent("a".into()), None));
+        assert!(condition_holds(&Condition::AttrAbsent("a".into()), None));
     }
 
     #[test]

@@ -211,7 +211,12 @@ pub trait StateStoreExt: StateStore {
     /// Every item of a partition, following cursors; stops with
     /// [`ErrorKind::InvalidInput`] past `max_items` so a runaway partition
     /// cannot exhaust memory.
-    async fn scan_all(&self, table: &TableName, partition: &[u8], max_items: usize) -> StoreResult<Vec<(Vec<u8>, Item)>> {
+    async fn scan_all(
+        &self,
+        table: &TableName,
+        partition: &[u8],
+        max_items: usize,
+    ) -> StoreResult<Vec<(Vec<u8>, Item)>> {
         let mut out = Vec::new();
         let mut after = None;
         let limit = self.capabilities().max_page.max(1);
@@ -219,7 +224,9 @@ pub trait StateStoreExt: StateStore {
             let page = self.scan(table, partition, PageRequest { after, limit }).await?;
             out.extend(page.items);
             if out.len() > max_items {
-                return Err(StoreError::invalid(format!("partition of table {table} holds more than {max_items} items")));
+                return Err(StoreError::invalid(format!(
+                    "partition of table {table} holds more than {max_items} items"
+                )));
             }
             match page.next {
                 Some(next) => after = Some(next),

@@ -243,7 +243,7 @@ pub enum Condition {
     ItemAbsent,
     /// The attribute is present (null counts as present).
     AttrExists(String),
-    /// The attribute is absent.
+    /// The attribute is absent (true on an absent item, like DynamoDB's `attribute_not_exists`).
     AttrAbsent(String),
     /// The attribute is present and equal to the value.
     AttrEquals(String, Value),

@@ -1,0 +1,390 @@
+//! The handler's view of its instance: every external operation goes through
+//! the [`Context`], takes the next step number, and is logged under
+//! `(instance, step)` so that a re-execution replays it instead of repeating it.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::daal::WriteRequest;
+use crate::error::{Error, Result};
+use crate::invoke::{Call, CallKind};
+use crate::layout::{self, InstanceId};
+use crate::oplog::{self, LoadedLog, OpKind, OpSpec, attr, check_entry, decode_outcome, new_entry};
+use crate::runtime::Runtime;
+use crate::store::{Item, Predicate, PutMode};
+
+/// What an execution knows about its right to run: until when its lease is
+/// valid, and whether another execution has taken the instance over.
+#[derive(Debug)]
+pub(crate) struct LeaseState {
+    pub valid_until: AtomicU64,
+    pub fenced: AtomicBool,
+}
+
+impl LeaseState {
+    pub fn new(valid_until: u64) -> Arc<Self> {
+        Arc::new(Self { valid_until: AtomicU64::new(valid_until), fenced: AtomicBool::new(false) })
+    }
+}
+
+/// A stable idempotency key for one side-effect step, to hand to external
+/// APIs (payment providers, mailers) so that they, too, apply it once.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct StepKey {
+    /// The instance.
+    pub instance: InstanceId,
+    /// The step number.
+    pub step: u32,
+}
+
+impl fmt::Display for StepKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.instance, self.step)
+    }
+}
+
+/// Per-execution state, behind a lock that also enforces sequential use.
+#[derive(Debug)]
+struct State {
+    next_step: u32,
+    /// A re-execution: the log may already hold our steps.
+    replay: bool,
+    log: LoadedLog,
+    /// DAAL entries written, for GC: `[partition hex, row, entry]`.
+    touched: Vec<Value>,
+}
+
+struct Inner {
+    rt: Runtime,
+    instance: InstanceId,
+    started_at: u64,
+    lease: Arc<LeaseState>,
+    state: tokio::sync::Mutex<State>,
+}
+
+/// The context of one running instance. Cheap to clone; operations must be
+/// awaited one at a time (step numbers follow program order), and using it
+/// from two tasks at once is an error rather than a silent reordering.
+#[derive(Clone)]
+pub struct Context {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context").field("instance", &self.inner.instance).finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    pub(crate) fn new(
+        rt: Runtime,
+        instance: InstanceId,
+        started_at: u64,
+        replay: bool,
+        log: LoadedLog,
+        lease: Arc<LeaseState>,
+    ) -> Self {
+        let state = State { next_step: 0, replay, log, touched: Vec::new() };
+        Self { inner: Arc::new(Inner { rt, instance, started_at, lease, state: tokio::sync::Mutex::new(state) }) }
+    }
+
+    /// This instance's id.
+    pub fn instance_id(&self) -> &InstanceId {
+        &self.inner.instance
+    }
+
+    /// The DAAL entries this execution wrote or replayed, for the intent.
+    pub(crate) async fn touched(&self) -> Value {
+        Value::Array(self.inner.state.lock().await.touched.clone())
+    }
+
+    async fn begin_step(&self) -> Result<tokio::sync::MutexGuard<'_, State>> {
+        let mut st = self.inner.state.try_lock().map_err(|_| {
+            Error::InvalidInput("context used by two operations at once; await each operation before the next".into())
+        })?;
+        st.next_step = st
+            .next_step
+            .checked_add(1)
+            .ok_or_else(|| Error::InvalidInput("instance exceeded u32::MAX steps".into()))?;
+        Ok(st)
+    }
+
+    /// Whether this execution must assume another execution of the same
+    /// instance may be running: a re-execution, one that lost its lease, or
+    /// one whose lease may have expired.
+    fn careful(&self, st: &State) -> bool {
+        let rt = &self.inner.rt;
+        let margin = rt.config().clock_skew.as_millis() as u64;
+        st.replay
+            || self.inner.lease.fenced.load(Ordering::SeqCst)
+            || rt.now_ms().saturating_add(margin) >= self.inner.lease.valid_until.load(Ordering::SeqCst)
+    }
+
+    /// The logged entry for `step`, if known: from the loaded log, or (when
+    /// `careful`) from one point read.
+    async fn logged(&self, st: &State, step: u32, spec: &OpSpec) -> Result<Option<Item>> {
+        if let Some(item) = st.log.entries.get(&step) {
+            check_entry(&self.inner.instance, step, item, spec)?;
+            return Ok(Some(item.clone()));
+        }
+        if self.careful(st) {
+            let rt = &self.inner.rt;
+            let key = layout::oplog_key(&self.inner.instance, step);
+            if let Some(item) = rt.retry().run(|| rt.store().get(&key)).await? {
+                check_entry(&self.inner.instance, step, &item, spec)?;
+                return Ok(Some(item));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Create the entry for `step` unless one exists; the logged entry wins.
+    async fn record(&self, step: u32, spec: &OpSpec, item: Item) -> Result<Item> {
+        let rt = &self.inner.rt;
+        let key = layout::oplog_key(&self.inner.instance, step);
+        match rt.retry().run(|| rt.store().put(&key, item.clone(), PutMode::Create)).await {
+            Ok(()) => Ok(item),
+            Err(e) if e.is_condition_failed() => {
+                let current = match e.into_current() {
+                    Some(c) => c,
+                    None => rt.retry().run(|| rt.store().get(&key)).await?.ok_or_else(|| {
+                        Error::Corrupt("operation-log entry reported present, then read as absent".into())
+                    })?,
+                };
+                check_entry(&self.inner.instance, step, &current, spec)?;
+                Ok(current)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Log `value` for a new step of `spec` (or return the logged value).
+    async fn log_value(&self, spec: OpSpec, make: impl FnOnce() -> Value) -> Result<Value> {
+        let st = self.begin_step().await?;
+        let step = st.next_step;
+        if let Some(item) = self.logged(&st, step, &spec).await? {
+            return Ok(item.get(attr::VALUE).cloned().unwrap_or(Value::Null));
+        }
+        let item = new_entry(&spec, make(), self.inner.rt.now_ms());
+        let item = self.record(step, &spec, item).await?;
+        Ok(item.get(attr::VALUE).cloned().unwrap_or(Value::Null))
+    }
+
+    /// Read the current value of `key` in `table` (None if never written).
+    /// Logged: a replay returns the value the first execution read.
+    pub async fn read<T: DeserializeOwned>(&self, table: &str, key: &str) -> Result<Option<T>> {
+        layout::check_user_key(table, key)?;
+        let spec = OpSpec::new(OpKind::Read, json!([table, key]));
+        let st = self.begin_step().await?;
+        let step = st.next_step;
+        let value = match self.logged(&st, step, &spec).await? {
+            Some(item) => item.get(attr::VALUE).cloned().unwrap_or(Value::Null),
+            None => {
+                let partition = layout::data_partition(table, key);
+                let value = self.inner.rt.daal().read(&partition).await?;
+                let item = self.record(step, &spec, new_entry(&spec, value, self.inner.rt.now_ms())).await?;
+                item.get(attr::VALUE).cloned().unwrap_or(Value::Null)
+            }
+        };
+        Ok(match value {
+            Value::Null => None,
+            v => Some(serde_json::from_value(v)?),
+        })
+    }
+
+    /// Set `key` in `table` to `value`, exactly once for this step.
+    pub async fn write<T: Serialize + ?Sized>(&self, table: &str, key: &str, value: &T) -> Result<()> {
+        self.write_inner(table, key, serde_json::to_value(value)?, None).await.map(|_| ())
+    }
+
+    /// Set `key` to `value` only if `condition` holds on the current value
+    /// (JSON null if never written). The outcome is logged and replayed.
+    pub async fn cond_write<T: Serialize + ?Sized>(
+        &self,
+        table: &str,
+        key: &str,
+        value: &T,
+        condition: Predicate,
+    ) -> Result<bool> {
+        self.write_inner(table, key, serde_json::to_value(value)?, Some(condition)).await
+    }
+
+    async fn write_inner(&self, table: &str, key: &str, value: Value, predicate: Option<Predicate>) -> Result<bool> {
+        layout::check_user_key(table, key)?;
+        let name = json!([table, key]);
+        let kind = if predicate.is_some() { OpKind::CondWrite } else { OpKind::Write };
+        let mut st = self.begin_step().await?;
+        let step = st.next_step;
+        if let Some(item) = st.log.entries.get(&step) {
+            // Writes are logged in the data row, never in the operation log.
+            let logged = oplog::entry_spec(item)?;
+            return Err(Error::NonDeterministic {
+                instance: self.inner.instance.to_string(),
+                step,
+                logged: logged.to_string(),
+                requested: OpSpec::new(kind, name).to_string(),
+            });
+        }
+        let partition = layout::data_partition(table, key);
+        let req = WriteRequest {
+            partition: &partition,
+            instance: &self.inner.instance,
+            step,
+            value: &value,
+            predicate: predicate.as_ref(),
+            careful: self.careful(&st),
+            instance_start_ms: self.inner.started_at,
+            high_water: if st.replay { st.log.high_water() } else { None },
+            name: &name,
+        };
+        let written = self.inner.rt.daal().write(&req).await?;
+        st.touched.push(json!([layout::hex(&partition), written.row, written.entry]));
+        Ok(written.ok)
+    }
+
+    /// Run a side effect once: after its result is logged, no execution of
+    /// this instance runs `f` again for this step — replays return the logged
+    /// result. `f` gets a [`StepKey`] to pass to external APIs as their
+    /// idempotency key (a crash between the effect and the log can repeat `f`).
+    /// An `Err` from `f` fails the instance (recorded as its outcome).
+    pub async fn step<T, E, F, Fut>(&self, name: &str, f: F) -> Result<T>
+    where
+        T: Serialize + DeserializeOwned,
+        E: fmt::Display,
+        F: FnOnce(StepKey) -> Fut,
+        Fut: Future<Output = std::result::Result<T, E>>,
+    {
+        let spec = OpSpec::new(OpKind::Step, name);
+        let st = self.begin_step().await?;
+        let step = st.next_step;
+        let value = match self.logged(&st, step, &spec).await? {
+            Some(item) => item.get(attr::VALUE).cloned().unwrap_or(Value::Null),
+            None => {
+                let key = StepKey { instance: self.inner.instance.clone(), step };
+                let result = f(key).await.map_err(|e| Error::Handler(format!("step {name:?} failed: {e}")))?;
+                let value = serde_json::to_value(result)?;
+                let item = self.record(step, &spec, new_entry(&spec, value, self.inner.rt.now_ms())).await?;
+                item.get(attr::VALUE).cloned().unwrap_or(Value::Null)
+            }
+        };
+        Ok(serde_json::from_value(value)?)
+    }
+
+    /// The current time in ms since the epoch, logged (replays see the same).
+    pub async fn now(&self) -> Result<u64> {
+        let now = self.inner.rt.now_ms();
+        let v = self.log_value(OpSpec::new(OpKind::Now, Value::Null), || json!(now)).await?;
+        v.as_u64().ok_or_else(|| Error::Corrupt(format!("logged time is not a number: {v}")))
+    }
+
+    /// A random UUID (v4), logged.
+    pub async fn uuid(&self) -> Result<uuid::Uuid> {
+        let v =
+            self.log_value(OpSpec::new(OpKind::Uuid, Value::Null), || json!(uuid::Uuid::new_v4().to_string())).await?;
+        v.as_str().and_then(|s| s.parse().ok()).ok_or_else(|| Error::Corrupt(format!("logged uuid is invalid: {v}")))
+    }
+
+    /// A random `u64`, logged.
+    pub async fn random(&self) -> Result<u64> {
+        let fresh = uuid::Uuid::new_v4().as_u64_pair().0;
+        let v = self.log_value(OpSpec::new(OpKind::Random, Value::Null), || json!(fresh)).await?;
+        v.as_u64().ok_or_else(|| Error::Corrupt(format!("logged random is not a number: {v}")))
+    }
+
+    /// Call `function` synchronously and return its output. The callee runs
+    /// exactly once in effect however often this instance is re-executed.
+    pub async fn invoke<I: Serialize + ?Sized, O: DeserializeOwned>(&self, function: &str, input: &I) -> Result<O> {
+        let input = serde_json::to_value(input)?;
+        let spec = OpSpec::new(OpKind::Invoke, function);
+        let st = self.begin_step().await?;
+        let step = st.next_step;
+        let callee = self.inner.instance.child(step);
+        let rt = &self.inner.rt;
+        let (entry, replay) = match self.logged(&st, step, &spec).await? {
+            Some(item) => (item, true),
+            None => {
+                let now = rt.now_ms();
+                let item = new_entry(&spec, Value::Null, now)
+                    .with(attr::CALLEE, callee.as_str())
+                    .with(attr::INPUT, input.clone());
+                let logged = self.record(step, &spec, item.clone()).await?;
+                let replay = logged != item;
+                (logged, replay)
+            }
+        };
+        self.check_input(step, &spec, &entry, &input)?;
+        let outcome = match entry.get(attr::RESULT) {
+            Some(result) => decode_outcome(result)?,
+            None => {
+                let call = Call {
+                    function: function.to_string(),
+                    input,
+                    instance: callee,
+                    kind: CallKind::Sync {
+                        caller: self.inner.instance.clone(),
+                        step,
+                        replay,
+                        started_at: entry.get(attr::AT).and_then(Value::as_u64).unwrap_or(0),
+                        lease_valid_until: if self.inner.lease.fenced.load(Ordering::SeqCst) {
+                            0
+                        } else {
+                            self.inner.lease.valid_until.load(Ordering::SeqCst)
+                        },
+                    },
+                };
+                rt.invoker().call(rt, call).await?
+            }
+        };
+        match outcome {
+            Ok(v) => Ok(serde_json::from_value(v)?),
+            Err(msg) => Err(Error::Handler(format!("{function} failed: {msg}"))),
+        }
+    }
+
+    /// Start `function` asynchronously; returns the callee's instance id. The
+    /// callee's intent is registered before dispatch, so it runs exactly once
+    /// in effect even if this instance or the dispatch crashes.
+    pub async fn invoke_async<I: Serialize + ?Sized>(&self, function: &str, input: &I) -> Result<InstanceId> {
+        let input = serde_json::to_value(input)?;
+        let spec = OpSpec::new(OpKind::InvokeAsync, function);
+        let st = self.begin_step().await?;
+        let step = st.next_step;
+        let callee = self.inner.instance.child(step);
+        let rt = &self.inner.rt;
+        let entry = match self.logged(&st, step, &spec).await? {
+            Some(item) => item,
+            None => {
+                let item = new_entry(&spec, Value::Null, rt.now_ms())
+                    .with(attr::CALLEE, callee.as_str())
+                    .with(attr::INPUT, input.clone());
+                self.record(step, &spec, item).await?
+            }
+        };
+        self.check_input(step, &spec, &entry, &input)?;
+        rt.intents().register_async(&callee, function, &input, (&self.inner.instance, step)).await?;
+
+        let call = Call { function: function.to_string(), input, instance: callee.clone(), kind: CallKind::Intent };
+        if let Err(e) = rt.invoker().dispatch(rt, call).await {
+            tracing::warn!(instance = %callee, error = %e, "dispatch failed; the collector will start the instance");
+        }
+        Ok(callee)
+    }
+
+    fn check_input(&self, step: u32, spec: &OpSpec, entry: &Item, input: &Value) -> Result<()> {
+        match entry.get(attr::INPUT) {
+            Some(logged) if logged != input => Err(Error::NonDeterministic {
+                instance: self.inner.instance.to_string(),
+                step,
+                logged: format!("{spec} with input {logged}"),
+                requested: format!("{spec} with input {input}"),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
