@@ -1,1 +1,121 @@
-//! The shared conformance suite for `StateStore` backends (cases land in the next commits).
+//! The shared suite every Flowstate [`StateStore`] backend runs.
+//!
+//! A case is a plain `pub async fn case_name(store: Arc<dyn StateStore>)` that
+//! panics on a violation of the contract. [`conformance_tests!`] stamps out one
+//! `#[tokio::test]` per case for a backend's store factory, so a failure names
+//! both the backend (the test file) and the case:
+//!
+//! ```ignore
+//! // tests/my_backend.rs
+//! async fn my_store() -> std::sync::Arc<dyn flowstate_core::store::StateStore> {
+//!     // a fresh store (fresh random namespace) on every call
+//! #   unimplemented!()
+//! }
+//! conformance_tests::conformance_tests!(setup = my_store);
+//! ```
+//!
+//! Cases read [`Capabilities`](flowstate_core::store::Capabilities) to decide
+//! what to expect (batch support, current item on a failed condition, ...).
+//!
+//! - [`store_cases`]: the storage primitives, including a property test
+//!   against a pure model of the contract.
+//! - [`engine_cases`]: exactly-once engine scenarios on top of a store.
+
+use async_trait::async_trait;
+use flowstate_core::store::{
+    Capabilities, Condition, Item, Key, Mutation, Namespace, Page, PageRequest, PutMode, StateStore, StoreResult,
+    TableName, WriteOp,
+};
+
+pub mod engine_cases;
+mod model;
+pub mod store_cases;
+pub mod workflows;
+
+#[doc(hidden)]
+pub use tokio as __tokio;
+
+/// A fresh random namespace (`ns_` + 32 hex digits), so runs and cases never
+/// share data even on one server.
+pub fn random_namespace() -> Namespace {
+    Namespace::new(format!("ns_{}", uuid::Uuid::new_v4().simple())).expect("valid namespace")
+}
+
+/// A store that keeps `guard` (a temporary directory, a server handle, ...)
+/// alive exactly as long as the store, for factories that must return only
+/// `Arc<dyn StateStore>`.
+#[derive(Debug)]
+pub struct Guarded<S, G> {
+    store: S,
+    _guard: G,
+}
+
+impl<S: StateStore, G> Guarded<S, G> {
+    /// Keep `guard` alive with `store`.
+    pub fn new(store: S, guard: G) -> Self {
+        Self { store, _guard: guard }
+    }
+}
+
+#[async_trait]
+impl<S: StateStore, G: std::fmt::Debug + Send + Sync + 'static> StateStore for Guarded<S, G> {
+    fn capabilities(&self) -> Capabilities {
+        self.store.capabilities()
+    }
+    async fn get(&self, key: &Key) -> StoreResult<Option<Item>> {
+        self.store.get(key).await
+    }
+    async fn put(&self, key: &Key, item: Item, mode: PutMode) -> StoreResult<()> {
+        self.store.put(key, item, mode).await
+    }
+    async fn update(&self, key: &Key, conditions: &[Condition], mutations: &[Mutation]) -> StoreResult<Item> {
+        self.store.update(key, conditions, mutations).await
+    }
+    async fn delete(&self, key: &Key, conditions: &[Condition]) -> StoreResult<bool> {
+        self.store.delete(key, conditions).await
+    }
+    async fn scan(&self, table: &TableName, partition: &[u8], page: PageRequest) -> StoreResult<Page> {
+        self.store.scan(table, partition, page).await
+    }
+    async fn transact(&self, ops: Vec<WriteOp>) -> StoreResult<()> {
+        self.store.transact(ops).await
+    }
+}
+
+/// Stamp out the whole suite for one backend.
+///
+/// `setup` names an `async fn() -> Arc<dyn StateStore>` (in scope where the
+/// macro is invoked) returning a fresh, empty store (a fresh random
+/// namespace) on every call. Expands to a module `conformance` with one
+/// submodule per case list (`store_cases`, `engine_cases`) holding one
+/// multi-threaded `#[tokio::test]` per case.
+#[macro_export]
+macro_rules! conformance_tests {
+    (setup = $factory:path) => {
+        #[allow(unused_imports)]
+        mod conformance {
+            use super::*;
+            $crate::__store_cases!($factory);
+            $crate::__engine_cases!($factory);
+        }
+    };
+}
+
+/// One `#[tokio::test]` per listed case of module `$crate::$module`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __stamp_cases {
+    ($factory:path; $module:ident; $($case:ident),* $(,)?) => {
+        #[allow(unused_imports)]
+        mod $module {
+            use super::*;
+            $(
+                #[$crate::__tokio::test(flavor = "multi_thread", worker_threads = 2, crate = "::conformance_tests::__tokio")]
+                async fn $case() {
+                    let store = $factory().await;
+                    $crate::$module::$case(store).await;
+                }
+            )*
+        }
+    };
+}
