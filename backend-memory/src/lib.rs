@@ -170,10 +170,7 @@ impl StateStore for MemoryStore {
                 WriteOp::Put { key, .. } | WriteOp::Update { key, .. } | WriteOp::Delete { key, .. } => key,
             };
             let pk = (key.table.clone(), key.partition.clone());
-            if !scratch.contains_key(&pk) {
-                let copy = tables.get(&pk).cloned().unwrap_or_default();
-                scratch.insert(pk, copy);
-            }
+            scratch.entry(pk).or_insert_with_key(|pk| tables.get(pk).cloned().unwrap_or_default());
         }
         for op in &ops {
             apply(&mut scratch, op, self.max_item_bytes)?;
