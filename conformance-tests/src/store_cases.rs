@@ -180,18 +180,12 @@ async fn check_conditions(
     }
 }
 
-fn entry(map: &str, entry: &str) -> (String, String) {
-    (map.to_owned(), entry.to_owned())
+fn entry_exists(map: &str, entry: &str) -> Condition {
+    Condition::EntryExists { map: map.into(), entry: entry.into() }
 }
 
-fn entry_exists(map: &str, e: &str) -> Condition {
-    let (map, entry) = entry(map, e);
-    Condition::EntryExists { map, entry }
-}
-
-fn entry_absent(map: &str, e: &str) -> Condition {
-    let (map, entry) = entry(map, e);
-    Condition::EntryAbsent { map, entry }
+fn entry_absent(map: &str, entry: &str) -> Condition {
+    Condition::EntryAbsent { map: map.into(), entry: entry.into() }
 }
 
 fn below(attr: &str, bound: i64) -> Condition {
