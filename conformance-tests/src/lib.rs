@@ -5,13 +5,18 @@
 //! `#[tokio::test]` per case for a backend's store factory, so a failure names
 //! both the backend (the test file) and the case:
 //!
-//! ```ignore
-//! // tests/my_backend.rs
-//! async fn my_store() -> std::sync::Arc<dyn flowstate_core::store::StateStore> {
-//!     // a fresh store (fresh random namespace) on every call
-//! #   unimplemented!()
+//! ```
+//! // tests/memory.rs
+//! use std::sync::Arc;
+//! use flowstate_core::store::StateStore;
+//!
+//! /// A fresh, empty store (fresh random namespace) on every call.
+//! async fn memory_store() -> Arc<dyn StateStore> {
+//!     Arc::new(backend_memory::MemoryStore::new())
 //! }
-//! conformance_tests::conformance_tests!(setup = my_store);
+//!
+//! conformance_tests::conformance_tests!(setup = memory_store);
+//! # fn main() {}
 //! ```
 //!
 //! Cases read [`Capabilities`](flowstate_core::store::Capabilities) to decide
@@ -100,7 +105,9 @@ macro_rules! conformance_tests {
     };
 }
 
-/// One `#[tokio::test]` per listed case of module `$crate::$module`.
+/// One `#[tokio::test]` per listed case of module `$crate::$module`. The
+/// tokio re-export is named by path (`crate = ...` takes a string, not
+/// `$crate`), so callers must depend on this crate as `conformance_tests`.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __stamp_cases {
