@@ -7,9 +7,9 @@
 //! checks, all-or-nothing batches). Backends that translate conditions into a
 //! native language are checked against the evaluator's semantics this way.
 //!
-//! Parameters: 32 cases of up to 40 ops each, ChaCha with a fixed seed, so a
-//! failure reproduces; `FLOWSTATE_MODEL_CASES` and `FLOWSTATE_MODEL_SEED`
-//! override them for longer exploratory runs.
+//! Parameters: 32 cases of 3 filling puts plus up to 40 random ops, ChaCha
+//! with a fixed seed, so a failure reproduces; `FLOWSTATE_MODEL_CASES` and
+//! `FLOWSTATE_MODEL_SEED` override them for longer exploratory runs.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -68,8 +68,13 @@ impl TxOp {
 
 // ---------------------------------------------------------------- strategies
 
+/// Mostly three hot keys of one partition, so updates and conditions meet
+/// existing items; sometimes any key, for isolation and scans.
 fn slot() -> impl Strategy<Value = Slot> {
-    (0..TABLES, 0..PARTITIONS.len(), 0..SORTS.len())
+    prop_oneof![
+        3 => (Just(0), Just(0), 0..3usize),
+        1 => (0..TABLES, 0..PARTITIONS.len(), 0..SORTS.len()),
+    ]
 }
 
 fn json_value() -> impl Strategy<Value = Value> {
@@ -424,7 +429,11 @@ pub(crate) async fn check_against_model(store: Arc<dyn StateStore>) {
     let outcome = tokio::task::spawn_blocking(move || {
         let mut runner = TestRunner::new(config);
         let runs = AtomicUsize::new(0);
-        let strategy = vec(op(caps.atomic_batch), 1..=MAX_OPS);
+        // The hot keys start filled, so most updates meet an item.
+        let strategy = (vec(item(), 3), vec(op(caps.atomic_batch), 1..=MAX_OPS)).prop_map(|(seed, ops)| {
+            let fill = seed.into_iter().enumerate().map(|(i, item)| Op::Put((0, 0, i), item, PutMode::Overwrite));
+            fill.chain(ops).collect::<Vec<_>>()
+        });
         let result = runner.run(&strategy, |ops| {
             let n = runs.fetch_add(1, Ordering::SeqCst);
             let tables = (0..TABLES).map(|t| TableName::new(format!("model_{n}_{t}")).expect("valid table")).collect();
