@@ -301,6 +301,7 @@ impl Context {
     /// exactly once in effect however often this instance is re-executed.
     pub async fn invoke<I: Serialize + ?Sized, O: DeserializeOwned>(&self, function: &str, input: &I) -> Result<O> {
         let input = serde_json::to_value(input)?;
+        self.inner.rt.check_input_size(&input)?;
         let spec = OpSpec::new(OpKind::Invoke, function);
         let st = self.begin_step().await?;
         let step = st.next_step;
@@ -352,6 +353,7 @@ impl Context {
     /// in effect even if this instance or the dispatch crashes.
     pub async fn invoke_async<I: Serialize + ?Sized>(&self, function: &str, input: &I) -> Result<InstanceId> {
         let input = serde_json::to_value(input)?;
+        self.inner.rt.check_input_size(&input)?;
         let spec = OpSpec::new(OpKind::InvokeAsync, function);
         let st = self.begin_step().await?;
         let step = st.next_step;

@@ -34,5 +34,5 @@ pub use intent::Outcome;
 pub use invoke::{Call, CallKind, InProcessInvoker, Invoker};
 pub use layout::InstanceId;
 pub use retry::RetryPolicy;
-pub use runtime::{Config, Runtime, RuntimeBuilder};
+pub use runtime::{Config, InstanceReport, RowInfo, Runtime, RuntimeBuilder};
 pub use store::{Predicate, StateStore};

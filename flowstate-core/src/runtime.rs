@@ -331,6 +331,19 @@ impl Runtime {
         }
     }
 
+    /// The input is stored in the intent (and a callee's in its caller's log
+    /// entry): refuse inputs that cannot fit with room to spare.
+    pub(crate) fn check_input_size(&self, input: &Value) -> Result<()> {
+        let len = serde_json::to_vec(input).map(|v| v.len()).unwrap_or(usize::MAX);
+        let limit = self.shared.store.capabilities().max_item_bytes / 2;
+        if len > limit {
+            return Err(Error::TooLarge(format!(
+                "input of {len} bytes exceeds half the store's item limit ({limit} bytes)"
+            )));
+        }
+        Ok(())
+    }
+
     fn handler(&self, function: &str) -> Result<Handler> {
         self.shared.handlers.get(function).cloned().ok_or_else(|| Error::UnknownFunction(function.to_string()))
     }
@@ -346,6 +359,7 @@ impl Runtime {
     ) -> BoxFuture<'a, Result<Outcome>> {
         Box::pin(async move {
             let handler = self.handler(function)?;
+            self.check_input_size(&input)?;
             let owner = uuid::Uuid::new_v4().to_string();
             let deadline = self.now_ms() + self.shared.config.duplicate_wait.as_millis() as u64;
             let mut pause = Duration::from_millis(5);
@@ -464,5 +478,73 @@ impl Runtime {
                 }
             }
         })
+    }
+}
+
+/// One row of a key's DAAL chain, for inspection.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RowInfo {
+    /// Row id (`h` for the head).
+    pub id: String,
+    /// Whether the row is on the chain from the head (false: unlinked or orphaned).
+    pub linked: bool,
+    /// The row's value.
+    pub value: Value,
+    /// Write-log entries: `step:instance` → outcome.
+    pub entries: serde_json::Map<String, Value>,
+    /// Entries ever added.
+    pub count: i64,
+    /// Entries removed by GC.
+    pub collected: i64,
+    /// The next row, if linked.
+    pub next: Option<String>,
+}
+
+/// An instance's intent and operation log, for inspection.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InstanceReport {
+    /// The intent row (`None` for sync-called instances and unknown ids).
+    pub intent: Option<crate::store::Item>,
+    /// Operation-log entries by step.
+    pub steps: Vec<(u32, crate::store::Item)>,
+}
+
+impl Runtime {
+    /// The current value of a key, read outside any instance (not logged).
+    pub async fn peek(&self, table: &str, key: &str) -> Result<Option<Value>> {
+        layout::check_user_key(table, key)?;
+        let v = self.daal().read(&layout::data_partition(table, key)).await?;
+        Ok((!v.is_null()).then_some(v))
+    }
+
+    /// All rows stored for a key, chain order first, then rows off the chain.
+    pub async fn key_rows(&self, table: &str, key: &str) -> Result<Vec<RowInfo>> {
+        layout::check_user_key(table, key)?;
+        let chain = self.daal().load_chain(&layout::data_partition(table, key)).await?;
+        let mut out = Vec::with_capacity(chain.rows.len());
+        let mut ids: Vec<&String> = chain.order.iter().collect();
+        let mut rest: Vec<&String> = chain.rows.keys().filter(|id| !chain.order.contains(id)).collect();
+        rest.sort();
+        ids.extend(rest);
+        for id in ids {
+            let item = &chain.rows[id];
+            out.push(RowInfo {
+                id: id.clone(),
+                linked: chain.order.contains(id),
+                value: item.get(layout::row::VALUE).cloned().unwrap_or(Value::Null),
+                entries: item.get(layout::row::LOG).and_then(Value::as_object).cloned().unwrap_or_default(),
+                count: item.get_i64(layout::row::COUNT).unwrap_or(0),
+                collected: item.get_i64(layout::row::COLLECTED).unwrap_or(0),
+                next: item.get_str(layout::row::NEXT).map(str::to_string),
+            });
+        }
+        Ok(out)
+    }
+
+    /// An instance's intent and its operation log.
+    pub async fn inspect(&self, instance: &InstanceId) -> Result<InstanceReport> {
+        let intent = self.intents().get(instance).await?;
+        let steps = self.load_log(instance).await?.entries.into_iter().collect();
+        Ok(InstanceReport { intent, steps })
     }
 }
