@@ -35,6 +35,7 @@ use flowstate_core::store::{
 pub mod engine_cases;
 mod model;
 pub mod store_cases;
+pub mod workflows;
 
 #[doc(hidden)]
 pub use tokio as __tokio;
