@@ -33,6 +33,7 @@ use flowstate_core::store::{
 };
 
 pub mod engine_cases;
+pub mod measure;
 mod model;
 pub mod store_cases;
 pub mod workflows;
