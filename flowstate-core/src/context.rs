@@ -99,6 +99,12 @@ impl Context {
         &self.inner.instance
     }
 
+    /// When the instance was first started (ms since the epoch; the same in
+    /// every re-execution).
+    pub fn started_at(&self) -> u64 {
+        self.inner.started_at
+    }
+
     /// The DAAL entries this execution wrote or replayed, for the intent.
     pub(crate) async fn touched(&self) -> Value {
         Value::Array(self.inner.state.lock().await.touched.clone())
@@ -239,7 +245,6 @@ impl Context {
             value: &value,
             predicate: predicate.as_ref(),
             careful: self.careful(&st),
-            instance_start_ms: self.inner.started_at,
             high_water: if st.replay { st.log.high_water() } else { None },
             name: &name,
         };

@@ -11,12 +11,12 @@
 //! user's predicate is false (record `false` under the entry).
 //!
 //! Where can an earlier execution of the same instance have logged this step?
-//! Only in the row that was the tail when it wrote, which is the current tail
-//! or one of its predecessors. A row created before the instance started
-//! (with a clock-skew margin) cannot have predecessors written by it, and
-//! neither can the head; so a fresh execution writing into such a row needs
-//! only the update's own condition: **one round trip**. Re-executions, and
-//! writes into rows younger than the instance, scan the chain first.
+//! Only in the row that was the tail when it wrote: the current tail or one of
+//! its predecessors. A *fresh* execution that holds a live lease is the only
+//! execution the instance has ever had (duplicates wait for the lease, the
+//! collector takes over only expired leases), so the update's own condition
+//! is a complete check: **one round trip**. Re-executions, and executions
+//! whose lease is lost or may have expired (`careful`), scan the chain first.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -42,8 +42,6 @@ const MAX_CACHED_TAILS: usize = 100_000;
 #[derive(Clone, Debug)]
 struct Tail {
     row: String,
-    /// Creation time of the row, when known.
-    born: Option<u64>,
 }
 
 /// A write to apply, with everything needed to replay or verify it.
@@ -55,10 +53,9 @@ pub(crate) struct WriteRequest<'a> {
     pub value: &'a Value,
     /// The user condition of a `cond_write`; `None` for a plain write.
     pub predicate: Option<&'a crate::store::Predicate>,
-    /// Scan the chain for an earlier log entry before writing (re-executions).
+    /// Scan the chain for an earlier log entry before writing: another
+    /// execution of the instance may have run (see the module docs).
     pub careful: bool,
-    /// When the instance started: rows born before it need no scan.
-    pub instance_start_ms: u64,
     /// In a re-execution, the highest step the operation log holds.
     pub high_water: Option<u32>,
     /// `[table, key]`, for divergence messages.
@@ -88,33 +85,25 @@ pub(crate) struct Daal {
     clock: Arc<dyn Clock>,
     retry: RetryPolicy,
     capacity: i64,
-    skew_ms: u64,
     tails: Mutex<HashMap<Vec<u8>, Tail>>,
 }
 
 impl Daal {
-    pub fn new(
-        store: Arc<dyn StateStore>,
-        clock: Arc<dyn Clock>,
-        retry: RetryPolicy,
-        capacity: i64,
-        skew_ms: u64,
-    ) -> Self {
-        Self { store, clock, retry, capacity: capacity.max(1), skew_ms, tails: Mutex::default() }
+    pub fn new(store: Arc<dyn StateStore>, clock: Arc<dyn Clock>, retry: RetryPolicy, capacity: i64) -> Self {
+        Self { store, clock, retry, capacity: capacity.max(1), tails: Mutex::default() }
     }
 
     fn cached(&self, partition: &[u8]) -> Tail {
         let tails = self.tails.lock().unwrap_or_else(|e| e.into_inner());
-        tails.get(partition).cloned().unwrap_or(Tail { row: HEAD_ROW.to_string(), born: None })
+        tails.get(partition).cloned().unwrap_or(Tail { row: HEAD_ROW.to_string() })
     }
 
-    fn remember(&self, partition: &[u8], row_id: &str, item: &Item) {
+    fn remember(&self, partition: &[u8], row_id: &str) {
         let mut tails = self.tails.lock().unwrap_or_else(|e| e.into_inner());
         if tails.len() >= MAX_CACHED_TAILS {
             tails.clear();
         }
-        let born = item.get(row::BORN).and_then(Value::as_u64);
-        tails.insert(partition.to_vec(), Tail { row: row_id.to_string(), born });
+        tails.insert(partition.to_vec(), Tail { row: row_id.to_string() });
     }
 
     fn forget(&self, partition: &[u8]) {
@@ -141,7 +130,7 @@ impl Daal {
                 Some(item) => match next_of(&item)? {
                     Some(next) => row_id = next,
                     None => {
-                        self.remember(partition, &row_id, &item);
+                        self.remember(partition, &row_id);
                         return Ok(item.get(row::VALUE).cloned().unwrap_or(Value::Null));
                     }
                 },
@@ -153,11 +142,8 @@ impl Daal {
     /// Apply a write or conditional write exactly once for `(instance, step)`.
     pub async fn write(&self, req: &WriteRequest<'_>) -> Result<Written> {
         let entry = layout::entry_name(req.instance, req.step);
-        let cached = self.cached(req.partition);
-        let trusted = cached.row == HEAD_ROW
-            || cached.born.is_some_and(|born| born.saturating_add(self.skew_ms) < req.instance_start_ms);
-        let mut row_id = cached.row;
-        if req.careful || !trusted {
+        let mut row_id = self.cached(req.partition).row;
+        if req.careful {
             let chain = self.load_chain(req.partition).await?;
             if let Some((found_row, logged)) = chain.find_entry(&entry) {
                 return replayed(req, &entry, found_row, logged);
@@ -180,8 +166,8 @@ impl Daal {
             let current = match known.take() {
                 Some(item) => item,
                 None => match self.try_write(req, &entry, &row_id).await {
-                    Ok(item) => {
-                        self.remember(req.partition, &row_id, &item);
+                    Ok(_) => {
+                        self.remember(req.partition, &row_id);
                         return Ok(Written { ok: true, row: row_id, entry });
                     }
                     Err(e) => match e.kind() {
@@ -231,8 +217,8 @@ impl Daal {
                 && !predicate_holds(pred, current.get(row::VALUE).unwrap_or(&Value::Null))
             {
                 match self.record_false(req, &entry, &row_id).await {
-                    Ok(item) => {
-                        self.remember(req.partition, &row_id, &item);
+                    Ok(_) => {
+                        self.remember(req.partition, &row_id);
                         return Ok(Written { ok: false, row: row_id, entry });
                     }
                     Err(e) if e.is_condition_failed() => {
@@ -309,7 +295,7 @@ impl Daal {
         let key = layout::row_key(req.partition, HEAD_ROW);
         match self.retry.run(|| self.store.put(&key, item.clone(), PutMode::Create)).await {
             Ok(()) => {
-                self.remember(req.partition, HEAD_ROW, &item);
+                self.remember(req.partition, HEAD_ROW);
                 Ok(None)
             }
             Err(e) if e.is_condition_failed() => match e.into_current() {
@@ -373,7 +359,7 @@ impl Daal {
         let mutations = [Mutation::Set(row::NEXT.into(), json!(new_id))];
         match self.retry.run(|| self.store.update(&key, &conditions, &mutations)).await {
             Ok(_) => {
-                self.remember(partition, &new_id, &item);
+                self.remember(partition, &new_id);
                 Ok(new_id)
             }
             Err(e) if e.is_condition_failed() => {

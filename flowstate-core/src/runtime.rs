@@ -193,13 +193,7 @@ impl RuntimeBuilder {
     pub fn build(self) -> Runtime {
         let caps = self.store.capabilities();
         let capacity = self.config.row_capacity.unwrap_or_else(|| derived_capacity(caps.max_item_bytes));
-        let daal = Daal::new(
-            self.store.clone(),
-            self.clock.clone(),
-            self.config.retry,
-            capacity as i64,
-            self.config.clock_skew.as_millis() as u64,
-        );
+        let daal = Daal::new(self.store.clone(), self.clock.clone(), self.config.retry, capacity as i64);
         let intents = Intents::new(
             self.store.clone(),
             self.clock.clone(),
