@@ -95,6 +95,11 @@ impl<S: StateStore, G: std::fmt::Debug + Send + Sync + 'static> StateStore for G
 /// namespace) on every call. Expands to a module `conformance` with one
 /// submodule per case list (`store_cases`, `engine_cases`) holding one
 /// multi-threaded `#[tokio::test]` per case.
+///
+/// `skip_unless = expr` (optional, for service-backed backends): `expr` is a
+/// `Result<(), String>` evaluated in each case before the factory; `Err(reason)`
+/// prints `skipping: reason` and passes, or fails when `FLOWSTATE_TEST_REQUIRE=1`
+/// (see [`should_run`] and [`env_configured`]).
 #[macro_export]
 macro_rules! conformance_tests {
     (setup = $factory:path) => {
@@ -105,6 +110,73 @@ macro_rules! conformance_tests {
             $crate::__engine_cases!($factory);
         }
     };
+    (setup = $factory:path, skip_unless = $ready:expr $(,)?) => {
+        #[allow(unused_imports)]
+        mod conformance {
+            use super::*;
+            /// The factory, or `None` when the case is skipped.
+            async fn __factory_unless_skipped() -> ::std::option::Option<$crate::__CaseArc> {
+                if $crate::should_run($ready) {
+                    ::std::option::Option::Some($factory().await)
+                } else {
+                    ::std::option::Option::None
+                }
+            }
+            $crate::__store_cases!(__factory_unless_skipped);
+            $crate::__engine_cases!(__factory_unless_skipped);
+        }
+    };
+}
+
+/// Whether a service-backed case runs: `Ok` runs it; `Err(reason)` prints
+/// `skipping: reason` and returns `false`, or panics when
+/// `FLOWSTATE_TEST_REQUIRE=1` (the test script sets it, so a missing server
+/// fails there instead of passing silently).
+pub fn should_run(ready: Result<(), String>) -> bool {
+    match ready {
+        Ok(()) => true,
+        Err(reason) if std::env::var("FLOWSTATE_TEST_REQUIRE").as_deref() == Ok("1") => {
+            panic!("{reason} (FLOWSTATE_TEST_REQUIRE=1: service-backed tests must run)")
+        }
+        Err(reason) => {
+            #[allow(clippy::print_stdout)]
+            {
+                println!("skipping: {reason}");
+            }
+            false
+        }
+    }
+}
+
+/// `Ok` when environment variable `var` is set and not empty, else
+/// `Err("set VAR")`: the usual `skip_unless` for a server URL.
+pub fn env_configured(var: &str) -> Result<(), String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Ok(()),
+        _ => Err(format!("set {var}")),
+    }
+}
+
+/// The store a case runs on.
+#[doc(hidden)]
+pub type __CaseArc = std::sync::Arc<dyn StateStore>;
+
+/// What a factory may return: a store, or `None` for a skipped case.
+#[doc(hidden)]
+pub trait __CaseStore {
+    fn __into_case_store(self) -> Option<std::sync::Arc<dyn StateStore>>;
+}
+
+impl __CaseStore for std::sync::Arc<dyn StateStore> {
+    fn __into_case_store(self) -> Option<std::sync::Arc<dyn StateStore>> {
+        Some(self)
+    }
+}
+
+impl __CaseStore for Option<std::sync::Arc<dyn StateStore>> {
+    fn __into_case_store(self) -> Option<std::sync::Arc<dyn StateStore>> {
+        self
+    }
 }
 
 /// One `#[tokio::test]` per listed case of module `$crate::$module`. The
@@ -120,7 +192,9 @@ macro_rules! __stamp_cases {
             $(
                 #[$crate::__tokio::test(flavor = "multi_thread", worker_threads = 2, crate = "::conformance_tests::__tokio")]
                 async fn $case() {
-                    let store = $factory().await;
+                    let ::std::option::Option::Some(store) = $crate::__CaseStore::__into_case_store($factory().await) else {
+                        return;
+                    };
                     $crate::$module::$case(store).await;
                 }
             )*
