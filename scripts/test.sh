@@ -10,9 +10,10 @@
 #
 # Phases:
 #   ensure_tools    check cargo/rustfmt/clippy; apt-get what is missing (C linker now;
-#                   later PostgreSQL, a Python venv for moto, npm for Cosmos)
-#   start_services  start the local servers the tests need, on 127.0.0.1
-#                   (none yet: the memory and SQLite backends run in-process)
+#                   later a Python venv for moto, npm for Cosmos)
+#   start_services  start the local servers the tests need, on 127.0.0.1 (PostgreSQL:
+#                   a throwaway cluster, apt-get postgresql if initdb/pg_ctl are missing;
+#                   memory and SQLite run in-process)
 #   run_checks      cargo fmt --check, cargo clippy -D warnings, cargo test
 #
 # Every process started here is registered by PID (or process-group id) and
@@ -156,6 +157,103 @@ start_services() {
         "start_$name"
     done
 }
+
+# ---- PostgreSQL ---------------------------------------------------------------
+# A throwaway cluster in "$RUN_DIR/postgres": initdb as the `postgres` OS user
+# (initdb refuses root), trust auth on 127.0.0.1 only, fsync and
+# synchronous_commit left ON (durability is what the backend sells, so the
+# tests pay for it too). The default collation is ICU en-US, where 'a' < 'B':
+# the backend must compare strings by bytes with COLLATE "C" whatever the
+# database's collation, and this cluster would catch it if it did not.
+PG_BIN=""
+PG_DATA=""
+
+# find_pg_bin: set PG_BIN to a directory holding initdb and pg_ctl (PATH first,
+# then the newest /usr/lib/postgresql/*/bin).
+find_pg_bin() {
+    local dir
+    if command -v initdb >/dev/null 2>&1 && command -v pg_ctl >/dev/null 2>&1; then
+        PG_BIN="$(dirname "$(command -v pg_ctl)")"
+        return 0
+    fi
+    while IFS= read -r dir; do
+        [[ -x "$dir/initdb" && -x "$dir/pg_ctl" ]] && PG_BIN="$dir"
+    done < <(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V)
+    [[ -n "$PG_BIN" ]]
+}
+
+# as_postgres CMD...: run as the `postgres` OS user when we are root.
+as_postgres() {
+    if ((EUID == 0)); then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+# free_port: print a TCP port nothing listens on at 127.0.0.1.
+free_port() {
+    if command -v python3 >/dev/null 2>&1; then
+        python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+        return
+    fi
+    local port tries
+    for ((tries = 0; tries < 100; tries++)); do
+        port=$((20000 + RANDOM % 40000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            echo "$port"
+            return
+        fi
+    done
+    die "no free loopback port found"
+}
+
+# Registered as a stop hook: fast shutdown by data dir; stop_started then
+# kills the postmaster by PID if it is still alive.
+stop_postgres() {
+    [[ -n "$PG_DATA" && -f "$PG_DATA/postmaster.pid" ]] || return 0
+    as_postgres "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast -w -t 15 stop >/dev/null
+}
+
+start_postgres() {
+    if ! find_pg_bin; then
+        log "initdb/pg_ctl not found: installing Debian's postgresql"
+        apt_install postgresql
+        find_pg_bin || die "initdb/pg_ctl still missing after installing postgresql"
+    fi
+    if ((EUID == 0)); then
+        id postgres >/dev/null 2>&1 || die "no 'postgres' OS user to run initdb as (Debian's postgresql package creates it)"
+    fi
+    local dir="$RUN_DIR/postgres" port pid attempt
+    mkdir -p "$dir"
+    chmod 700 "$dir"
+    ((EUID == 0)) && chown postgres: "$dir"
+    as_postgres test -w "$dir" || die "the postgres user cannot write $dir (is ${TMPDIR:-/tmp} traversable?)"
+    PG_DATA="$dir/data"
+    if ! as_postgres "$PG_BIN/initdb" -D "$PG_DATA" -U postgres --auth=trust -E UTF8 --locale=C \
+        --locale-provider=icu --icu-locale=en-US >"$dir/initdb.log" 2>&1; then
+        tail -n 20 "$dir/initdb.log" >&2
+        die "initdb failed (log above)"
+    fi
+    register_stop_hook stop_postgres
+    for attempt in 1 2 3; do
+        port=$(free_port)
+        if as_postgres "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$dir/postgres.log" -w -t 60 \
+            -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c max_connections=300" start >/dev/null; then
+            break
+        fi
+        ((attempt < 3)) || {
+            tail -n 20 "$dir/postgres.log" >&2
+            die "PostgreSQL did not start (log above)"
+        }
+        log "PostgreSQL did not start on port $port; trying another"
+    done
+    pid=$(head -n 1 "$PG_DATA/postmaster.pid")
+    register_pid "$pid"
+    export FLOWSTATE_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$port/postgres"
+    log "PostgreSQL $("$PG_BIN/pg_ctl" --version | awk '{print $3}') on 127.0.0.1:$port (pid $pid, data $PG_DATA)"
+}
+SERVICES+=(postgres)
 
 # ---- checks ------------------------------------------------------------------
 # run_phase NAME COMMAND...: run one phase with a header and its elapsed time.
