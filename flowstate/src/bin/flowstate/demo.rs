@@ -350,7 +350,7 @@ pub async fn run(opts: DemoOptions, out: &mut dyn Write) -> CliResult<bool> {
         ProgressBar::hidden()
     };
     bar.set_style(
-        ProgressStyle::with_template("  {bar:40} {pos}/{len} requests answered, {msg} [{elapsed}]")
+        ProgressStyle::with_template("  {bar:30} {pos}/{len} answered, {msg}, {elapsed}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_message("0 crashes");
