@@ -11,7 +11,7 @@ use flowstate_core::{Config, Runtime, RuntimeBuilder};
 use serde::Deserialize;
 
 use crate::error::OpenError;
-use crate::url::{Backend, StoreUrl};
+use crate::url::StoreUrl;
 
 /// Environment variable holding the store URL (read by [`Settings::from_env`]).
 pub const ENV_STORE: &str = "FLOWSTATE_STORE";
@@ -219,7 +219,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 async fn open_backend(url: &StoreUrl) -> Result<Arc<dyn StateStore>, OpenError> {
     match url.backend() {
         #[cfg(feature = "sqlite")]
-        Backend::Sqlite => {
+        crate::url::Backend::Sqlite => {
             use backend_sqlite::{SqliteConfig, SqliteStore};
             use flowstate_core::store::{ErrorKind, StoreError};
             let config = SqliteConfig::from_url(url.expose())
@@ -237,7 +237,7 @@ async fn open_backend(url: &StoreUrl) -> Result<Arc<dyn StateStore>, OpenError> 
             Ok(Arc::new(SqliteStore::open(config).await.map_err(open_err)?))
         }
         #[cfg(feature = "memory")]
-        Backend::Memory => Ok(Arc::new(backend_memory::MemoryStore::new())),
+        crate::url::Backend::Memory => Ok(Arc::new(backend_memory::MemoryStore::new())),
         other => Err(OpenError::NotCompiled { backend: other }),
     }
 }
@@ -274,13 +274,14 @@ mod tests {
             "store = \"sqlite://x.db\"\nconnect_timeout = \"2s\"\n[engine]\nlease = \"200ms\"\nrow_capacity = 8\ntombstone_retention = \"forever\"\n",
         )
         .unwrap();
-        assert_eq!(s.store.backend(), Backend::Sqlite);
+        assert_eq!(s.store.backend(), crate::url::Backend::Sqlite);
         assert_eq!(s.engine.lease, Duration::from_millis(200));
         assert_eq!(s.engine.row_capacity, Some(8));
         assert_eq!(s.engine.tombstone_retention, None);
         assert_eq!(s.connect_timeout, Duration::from_secs(2));
     }
 
+    #[cfg(feature = "sqlite")]
     #[test]
     fn toml_errors_name_the_problem_without_quoting_secrets() {
         let err = Settings::from_toml("store = \"postgres://u:hunter2@h/db\nlease = 1").unwrap_err().to_string();

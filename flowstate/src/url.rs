@@ -230,6 +230,7 @@ mod tests {
         assert_eq!(redact("not a url:pw@x"), "not a url:pw@x");
     }
 
+    #[cfg(feature = "sqlite")]
     #[test]
     fn scheme_decides_the_backend() {
         assert_eq!(StoreUrl::parse("sqlite://a.db").unwrap().backend(), Backend::Sqlite);

@@ -1,4 +1,5 @@
 //! The `flowstate` binary, run as a user would: exit codes and output.
+#![cfg(feature = "cli")]
 
 use std::io::Read;
 use std::path::Path;

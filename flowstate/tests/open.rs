@@ -1,5 +1,6 @@
 //! Choosing and opening a store through the facade: by URL, from the
 //! environment and from a TOML file; and what goes wrong, said clearly.
+#![cfg(feature = "sqlite")]
 
 use std::time::Duration;
 
