@@ -147,3 +147,12 @@ fn the_readme_shows_the_crate_example() {
     let expected = example.join("\n");
     assert!(readme.contains(&expected), "README.md must contain the crate example:\n{expected}");
 }
+
+#[cfg(feature = "memory")]
+#[tokio::test]
+async fn memory_url_opens_a_fresh_in_process_store() {
+    let rt = flowstate::open("memory://").await.unwrap().register("counter", counter).build();
+    assert_eq!(rt.invoke::<_, i64>("counter", "k", Some("c-1")).await.unwrap(), 1);
+    let err = flowstate::open_store("memory://somewhere").await.unwrap_err();
+    assert!(err.to_string().contains("memory:// takes no path or parameters"), "{err}");
+}
