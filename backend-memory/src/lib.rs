@@ -163,25 +163,36 @@ impl StateStore for MemoryStore {
 
     async fn transact(&self, ops: Vec<WriteOp>) -> StoreResult<()> {
         let mut tables = self.lock();
-        // All or nothing: apply to a copy of the touched partitions, then swap in.
-        let mut scratch: Tables = HashMap::new();
+        // All or nothing: apply in place, remembering each touched item's
+        // previous state, and restore them all if any op fails.
+        let mut undo: Vec<((TableName, Vec<u8>), Vec<u8>, Option<Item>)> = Vec::with_capacity(ops.len());
+        let mut failure = None;
         for op in &ops {
             let key = match op {
                 WriteOp::Put { key, .. } | WriteOp::Update { key, .. } | WriteOp::Delete { key, .. } => key,
             };
             let pk = (key.table.clone(), key.partition.clone());
-            scratch.entry(pk).or_insert_with_key(|pk| tables.get(pk).cloned().unwrap_or_default());
-        }
-        for op in &ops {
-            apply(&mut scratch, op, self.max_item_bytes)?;
-        }
-        for (pk, part) in scratch {
-            if part.is_empty() {
-                tables.remove(&pk);
-            } else {
-                tables.insert(pk, part);
+            let previous = tables.get(&pk).and_then(|p| p.get(&key.sort)).cloned();
+            undo.push((pk, key.sort.clone(), previous));
+            if let Err(e) = apply(&mut tables, op, self.max_item_bytes) {
+                failure = Some(e);
+                break;
             }
         }
-        Ok(())
+        if failure.is_some() {
+            for (pk, sort, previous) in undo.iter().rev() {
+                let part = tables.entry(pk.clone()).or_default();
+                match previous {
+                    Some(item) => part.insert(sort.clone(), item.clone()),
+                    None => part.remove(sort),
+                };
+            }
+        }
+        for (pk, _, _) in &undo {
+            if tables.get(pk).is_some_and(BTreeMap::is_empty) {
+                tables.remove(pk);
+            }
+        }
+        failure.map_or(Ok(()), Err)
     }
 }

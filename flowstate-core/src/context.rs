@@ -12,11 +12,12 @@ use serde_json::{Value, json};
 
 use crate::daal::WriteRequest;
 use crate::error::{Error, Result};
+use crate::intent::{Begin, Outcome};
 use crate::invoke::{Call, CallKind};
 use crate::layout::{self, InstanceId};
 use crate::oplog::{self, LoadedLog, OpKind, OpSpec, attr, check_entry, decode_outcome, new_entry};
 use crate::runtime::Runtime;
-use crate::store::{Item, Predicate, PutMode};
+use crate::store::{Item, Predicate, PutMode, WriteOp};
 
 /// What an execution knows about its right to run: until when its lease is
 /// valid, and whether another execution has taken the instance over.
@@ -57,13 +58,32 @@ struct State {
     log: LoadedLog,
     /// DAAL entries written, for GC: `[partition hex, row, entry]`.
     touched: Vec<Value>,
+    /// The intent is not written yet: the first write carries it.
+    pending: bool,
+    /// Another execution finished the instance first: its outcome.
+    superseded: Option<Outcome>,
+    /// The lease renewal task, once registered.
+    heartbeat: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// What an instance with an intent needs to (re)register it.
+#[derive(Clone, Debug)]
+pub(crate) struct Registration {
+    pub function: String,
+    pub input: Value,
+    /// This execution's lease token.
+    pub owner: String,
+    /// Whether a duplicate of a live execution waits for it.
+    pub wait: bool,
 }
 
 struct Inner {
     rt: Runtime,
     instance: InstanceId,
-    started_at: u64,
+    started_at: AtomicU64,
     lease: Arc<LeaseState>,
+    /// `None` for sync-called instances (their intent is the caller's entry).
+    registration: Option<Registration>,
     state: tokio::sync::Mutex<State>,
 }
 
@@ -82,6 +102,9 @@ impl fmt::Debug for Context {
 }
 
 impl Context {
+    /// A context; `pending`: the intent is written with the first write
+    /// (otherwise it already exists and its lease is renewed from now on).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         rt: Runtime,
         instance: InstanceId,
@@ -89,9 +112,98 @@ impl Context {
         replay: bool,
         log: LoadedLog,
         lease: Arc<LeaseState>,
+        registration: Option<Registration>,
+        pending: bool,
     ) -> Self {
-        let state = State { next_step: 0, replay, log, touched: Vec::new() };
-        Self { inner: Arc::new(Inner { rt, instance, started_at, lease, state: tokio::sync::Mutex::new(state) }) }
+        let heartbeat = match (&registration, pending) {
+            (Some(reg), false) => Some(rt.spawn_heartbeat(instance.clone(), reg.owner.clone(), lease.clone())),
+            _ => None,
+        };
+        let pending = pending && registration.is_some();
+        let state = State { next_step: 0, replay, log, touched: Vec::new(), pending, superseded: None, heartbeat };
+        Self {
+            inner: Arc::new(Inner {
+                rt,
+                instance,
+                started_at: AtomicU64::new(started_at),
+                lease,
+                registration,
+                state: tokio::sync::Mutex::new(state),
+            }),
+        }
+    }
+
+    /// Write the intent if it is still pending: folded into `piggyback` (one
+    /// atomic batch) when given, else on its own. `Ok(true)`: the batch
+    /// applied, `piggyback` included. `Ok(false)`: registered without it (now
+    /// fresh, or a replay with the log loaded). Another execution's finish
+    /// ends this one with [`Error::AlreadyFinished`].
+    async fn register(&self, st: &mut State, piggyback: Option<WriteOp>) -> Result<bool> {
+        if !st.pending {
+            return Ok(false);
+        }
+        let reg = self.inner.registration.as_ref().expect("a pending context has a registration");
+        let rt = &self.inner.rt;
+        let id = &self.inner.instance;
+        if let Some(op) = piggyback {
+            let (intent, now) = rt.intents().create_op(id, &reg.function, &reg.input, &reg.owner);
+            match rt.store().transact(vec![intent, op]).await {
+                Ok(()) => {
+                    self.registered(st, now, None);
+                    return Ok(true);
+                }
+                // Refused (the intent exists, or the write's condition failed) or
+                // unknown: register on its own, which also recognizes our own intent.
+                Err(e) => tracing::debug!(instance = %id, error = %e, "first write could not carry the intent"),
+            }
+        }
+        match rt.begin_waiting(&reg.function, &reg.input, id, &reg.owner, reg.wait).await? {
+            Begin::Fresh { started_at } => self.registered(st, started_at, None),
+            Begin::Resume { started_at } => {
+                let log = rt.load_log(id).await?;
+                self.registered(st, started_at, Some(log));
+            }
+            Begin::Finished(outcome) => {
+                st.pending = false;
+                st.superseded = Some(outcome);
+                return Err(Error::AlreadyFinished(id.to_string()));
+            }
+            Begin::Busy => return Err(Error::InstanceBusy(id.to_string())),
+        }
+        Ok(false)
+    }
+
+    fn registered(&self, st: &mut State, started_at: u64, replay_log: Option<LoadedLog>) {
+        let rt = &self.inner.rt;
+        st.pending = false;
+        self.inner.started_at.store(started_at, Ordering::SeqCst);
+        if let Some(log) = replay_log {
+            st.replay = true;
+            st.log = log;
+        }
+        let lease_ms = rt.config().lease.as_millis() as u64;
+        self.inner.lease.valid_until.store(rt.now_ms() + lease_ms, Ordering::SeqCst);
+        let reg = self.inner.registration.as_ref().expect("registered contexts have a registration");
+        st.heartbeat =
+            Some(rt.spawn_heartbeat(self.inner.instance.clone(), reg.owner.clone(), self.inner.lease.clone()));
+    }
+
+    /// Register now if no write did (a handler without effects).
+    pub(crate) async fn ensure_registered(&self) -> Result<()> {
+        let mut st = self.inner.state.lock().await;
+        self.register(&mut st, None).await.map(|_| ())
+    }
+
+    /// Stop renewing the lease.
+    pub(crate) async fn stop_heartbeat(&self) {
+        if let Some(h) = self.inner.state.lock().await.heartbeat.take() {
+            h.abort();
+        }
+    }
+
+    /// The outcome of another execution that finished the instance first.
+    pub(crate) async fn superseded(&self) -> Option<Outcome> {
+        self.inner.state.lock().await.superseded.clone()
     }
 
     /// This instance's id.
@@ -102,7 +214,7 @@ impl Context {
     /// When the instance was first started (ms since the epoch; the same in
     /// every re-execution).
     pub fn started_at(&self) -> u64 {
-        self.inner.started_at
+        self.inner.started_at.load(Ordering::SeqCst)
     }
 
     /// The DAAL entries this execution wrote or replayed, for the intent.
@@ -170,15 +282,34 @@ impl Context {
         }
     }
 
+    /// [`Context::record`], carrying the pending intent in the same batch.
+    async fn record_first(&self, st: &mut State, step: u32, spec: &OpSpec, item: Item) -> Result<Item> {
+        if st.pending {
+            let op = WriteOp::Put {
+                key: layout::oplog_key(&self.inner.instance, step),
+                item: item.clone(),
+                mode: PutMode::Create,
+            };
+            if self.register(st, Some(op)).await? {
+                return Ok(item);
+            }
+            if let Some(logged) = st.log.entries.get(&step) {
+                check_entry(&self.inner.instance, step, logged, spec)?;
+                return Ok(logged.clone());
+            }
+        }
+        self.record(step, spec, item).await
+    }
+
     /// Log `value` for a new step of `spec` (or return the logged value).
     async fn log_value(&self, spec: OpSpec, make: impl FnOnce() -> Value) -> Result<Value> {
-        let st = self.begin_step().await?;
+        let mut st = self.begin_step().await?;
         let step = st.next_step;
         if let Some(item) = self.logged(&st, step, &spec).await? {
             return Ok(item.get(attr::VALUE).cloned().unwrap_or(Value::Null));
         }
         let item = new_entry(&spec, make(), self.inner.rt.now_ms());
-        let item = self.record(step, &spec, item).await?;
+        let item = self.record_first(&mut st, step, &spec, item).await?;
         Ok(item.get(attr::VALUE).cloned().unwrap_or(Value::Null))
     }
 
@@ -187,14 +318,15 @@ impl Context {
     pub async fn read<T: DeserializeOwned>(&self, table: &str, key: &str) -> Result<Option<T>> {
         layout::check_user_key(table, key)?;
         let spec = OpSpec::new(OpKind::Read, json!([table, key]));
-        let st = self.begin_step().await?;
+        let mut st = self.begin_step().await?;
         let step = st.next_step;
         let value = match self.logged(&st, step, &spec).await? {
             Some(item) => item.get(attr::VALUE).cloned().unwrap_or(Value::Null),
             None => {
                 let partition = layout::data_partition(table, key);
                 let value = self.inner.rt.daal().read(&partition).await?;
-                let item = self.record(step, &spec, new_entry(&spec, value, self.inner.rt.now_ms())).await?;
+                let entry = new_entry(&spec, value, self.inner.rt.now_ms());
+                let item = self.record_first(&mut st, step, &spec, entry).await?;
                 item.get(attr::VALUE).cloned().unwrap_or(Value::Null)
             }
         };
@@ -238,6 +370,34 @@ impl Context {
             });
         }
         let partition = layout::data_partition(table, key);
+        if st.pending {
+            let req = WriteRequest {
+                partition: &partition,
+                instance: &self.inner.instance,
+                step,
+                value: &value,
+                predicate: predicate.as_ref(),
+                careful: false,
+                high_water: None,
+                name: &name,
+            };
+            let (row, op) = self.inner.rt.daal().first_attempt(&req);
+            if self.register(&mut st, Some(op)).await? {
+                self.inner.rt.daal().applied(&partition, &row);
+                let entry = layout::entry_name(&self.inner.instance, step);
+                st.touched.push(json!([layout::hex(&partition), row, entry]));
+                return Ok(true);
+            }
+            if let Some(item) = st.log.entries.get(&step) {
+                let logged = oplog::entry_spec(item)?;
+                return Err(Error::NonDeterministic {
+                    instance: self.inner.instance.to_string(),
+                    step,
+                    logged: logged.to_string(),
+                    requested: OpSpec::new(kind, name).to_string(),
+                });
+            }
+        }
         let req = WriteRequest {
             partition: &partition,
             instance: &self.inner.instance,
@@ -266,8 +426,11 @@ impl Context {
         Fut: Future<Output = std::result::Result<T, E>>,
     {
         let spec = OpSpec::new(OpKind::Step, name);
-        let st = self.begin_step().await?;
+        let mut st = self.begin_step().await?;
         let step = st.next_step;
+        // Register before the closure runs: a duplicate of a finished instance
+        // must learn it before it repeats an effect.
+        self.register(&mut st, None).await?;
         let value = match self.logged(&st, step, &spec).await? {
             Some(item) => item.get(attr::VALUE).cloned().unwrap_or(Value::Null),
             None => {
@@ -308,7 +471,7 @@ impl Context {
         let input = serde_json::to_value(input)?;
         self.inner.rt.check_input_size(&input)?;
         let spec = OpSpec::new(OpKind::Invoke, function);
-        let st = self.begin_step().await?;
+        let mut st = self.begin_step().await?;
         let step = st.next_step;
         let callee = self.inner.instance.child(step);
         let rt = &self.inner.rt;
@@ -319,7 +482,7 @@ impl Context {
                 let item = new_entry(&spec, Value::Null, now)
                     .with(attr::CALLEE, callee.as_str())
                     .with(attr::INPUT, input.clone());
-                let logged = self.record(step, &spec, item.clone()).await?;
+                let logged = self.record_first(&mut st, step, &spec, item.clone()).await?;
                 let replay = logged != item;
                 (logged, replay)
             }
@@ -360,7 +523,7 @@ impl Context {
         let input = serde_json::to_value(input)?;
         self.inner.rt.check_input_size(&input)?;
         let spec = OpSpec::new(OpKind::InvokeAsync, function);
-        let st = self.begin_step().await?;
+        let mut st = self.begin_step().await?;
         let step = st.next_step;
         let callee = self.inner.instance.child(step);
         let rt = &self.inner.rt;
@@ -370,7 +533,7 @@ impl Context {
                 let item = new_entry(&spec, Value::Null, rt.now_ms())
                     .with(attr::CALLEE, callee.as_str())
                     .with(attr::INPUT, input.clone());
-                self.record(step, &spec, item).await?
+                self.record_first(&mut st, step, &spec, item).await?
             }
         };
         self.check_input(step, &spec, &entry, &input)?;

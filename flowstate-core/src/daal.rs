@@ -29,7 +29,7 @@ use crate::layout::{self, HEAD_ROW, InstanceId, row};
 use crate::oplog::{OpKind, OpSpec};
 use crate::retry::RetryPolicy;
 use crate::store::eval::predicate_holds;
-use crate::store::{Condition, ErrorKind, Item, Mutation, PutMode, StateStore, StateStoreExt, StoreResult};
+use crate::store::{Condition, ErrorKind, Item, Mutation, PutMode, StateStore, StateStoreExt, StoreResult, WriteOp};
 
 /// Most rows a single operation walks before giving up as corrupt.
 const MAX_HOPS: usize = 10_000;
@@ -239,7 +239,8 @@ impl Daal {
         req.predicate.is_none_or(|p| predicate_holds(p, &Value::Null))
     }
 
-    async fn try_write(&self, req: &WriteRequest<'_>, entry: &str, row_id: &str) -> StoreResult<Item> {
+    /// Conditions and mutations of one write attempt on a row.
+    fn write_ops(&self, req: &WriteRequest<'_>, entry: &str) -> (Vec<Condition>, Vec<Mutation>) {
         let mut conditions = vec![
             Condition::EntryAbsent { map: row::LOG.into(), entry: entry.into() },
             Condition::AttrAbsent(row::NEXT.into()),
@@ -249,11 +250,30 @@ impl Daal {
             conditions.push(Condition::Value { attr: row::VALUE.into(), predicate: pred.clone() });
         }
         let outcome = if req.predicate.is_some() { json!({"k": "c", "ok": true}) } else { json!({"k": "w"}) };
-        let mutations = [
+        let mutations = vec![
             Mutation::Set(row::VALUE.into(), req.value.clone()),
             Mutation::SetEntry { map: row::LOG.into(), entry: entry.into(), value: outcome },
             Mutation::Add(row::COUNT.into(), 1),
         ];
+        (conditions, mutations)
+    }
+
+    /// The write's first attempt on the cached tail as a batch op (to fold an
+    /// instance's registration into its first write), and the row it targets.
+    /// Success means the write took effect (a cond_write's predicate held).
+    pub fn first_attempt(&self, req: &WriteRequest<'_>) -> (String, WriteOp) {
+        let row_id = self.cached(req.partition).row;
+        let (conditions, mutations) = self.write_ops(req, &layout::entry_name(req.instance, req.step));
+        (row_id.clone(), WriteOp::Update { key: layout::row_key(req.partition, &row_id), conditions, mutations })
+    }
+
+    /// Record that a first attempt applied to `row_id`.
+    pub fn applied(&self, partition: &[u8], row_id: &str) {
+        self.remember(partition, row_id);
+    }
+
+    async fn try_write(&self, req: &WriteRequest<'_>, entry: &str, row_id: &str) -> StoreResult<Item> {
+        let (conditions, mutations) = self.write_ops(req, entry);
         let key = layout::row_key(req.partition, row_id);
         self.retry.run(|| self.store.update(&key, &conditions, &mutations)).await
     }

@@ -48,6 +48,10 @@ pub enum Error {
     /// The handler failed; recorded as the instance's outcome.
     #[error("handler failed: {0}")]
     Handler(String),
+    /// Another execution of this instance finished it while this one was
+    /// starting; the runtime returns that execution's outcome instead.
+    #[error("instance {0:?} was finished by another execution")]
+    AlreadyFinished(String),
     /// Stored log or data rows are not what Flowstate wrote.
     #[error("corrupt or foreign log data: {0}")]
     Corrupt(String),
@@ -66,7 +70,9 @@ impl Error {
             Error::Store(e) => matches!(e.kind(), ErrorKind::InvalidInput | ErrorKind::TooLarge),
             // A divergent replay is a code or deployment bug: fail loudly on
             // every attempt rather than record a verdict a fix could not undo.
-            Error::InstanceBusy(_) | Error::Corrupt(_) | Error::NonDeterministic { .. } => false,
+            Error::InstanceBusy(_) | Error::Corrupt(_) | Error::NonDeterministic { .. } | Error::AlreadyFinished(_) => {
+                false
+            }
             Error::UnknownFunction(_)
             | Error::InvalidInput(_)
             | Error::Serde(_)

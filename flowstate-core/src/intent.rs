@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::layout::{self, InstanceId};
 use crate::oplog::{decode_outcome, encode_outcome};
 use crate::retry::RetryPolicy;
-use crate::store::{Condition, Item, Key, Mutation, PutMode, StateStore};
+use crate::store::{Condition, Item, Key, Mutation, PutMode, StateStore, WriteOp};
 
 /// Attribute names of an intent.
 pub mod attr {
@@ -118,14 +118,7 @@ impl Intents {
     ) -> Result<Begin> {
         let key = self.key(id);
         let now = self.clock.now_ms();
-        let mut item = Item::new()
-            .with(attr::FUNCTION, function)
-            .with(attr::INPUT, input.clone())
-            .with(attr::STATUS, status::RUNNING)
-            .with(attr::STARTED_AT, now)
-            .with(attr::LEASE_UNTIL, now + self.lease_ms)
-            .with(attr::OWNER, owner)
-            .with(attr::ATTEMPTS, 1);
+        let mut item = self.fresh_item(function, input, owner, now);
         if let Some((c, step)) = caller {
             item.insert(attr::CALLER, json!([c.as_str(), step]));
         }
@@ -163,6 +156,25 @@ impl Intents {
             }
         }
         Ok(Begin::Busy)
+    }
+
+    fn fresh_item(&self, function: &str, input: &Value, owner: &str, now: u64) -> Item {
+        Item::new()
+            .with(attr::FUNCTION, function)
+            .with(attr::INPUT, input.clone())
+            .with(attr::STATUS, status::RUNNING)
+            .with(attr::STARTED_AT, now)
+            .with(attr::LEASE_UNTIL, now + self.lease_ms)
+            .with(attr::OWNER, owner)
+            .with(attr::ATTEMPTS, 1)
+    }
+
+    /// The create-if-absent of a fresh intent, as a batch op to fold into an
+    /// instance's first write; returns the op and its start time.
+    pub fn create_op(&self, id: &InstanceId, function: &str, input: &Value, owner: &str) -> (WriteOp, u64) {
+        let now = self.clock.now_ms();
+        let item = self.fresh_item(function, input, owner, now);
+        (WriteOp::Put { key: self.key(id), item, mode: PutMode::Create }, now)
     }
 
     fn classify(&self, id: &InstanceId, function: &str, input: &Value, owner: &str, cur: &Item) -> Result<Classified> {

@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::clock::{Clock, SystemClock};
-use crate::context::{Context, LeaseState};
+use crate::context::{Context, LeaseState, Registration};
 use crate::daal::Daal;
 use crate::error::{Error, Result};
 use crate::intent::{Begin, Intents, Outcome};
@@ -56,6 +56,11 @@ pub struct Config {
     pub tombstone_retention: Option<Duration>,
     /// Instances the collector re-drives at once.
     pub recovery_concurrency: usize,
+    /// Fold the intent's creation into the instance's first write, in one
+    /// atomic batch, where the store has them (`Capabilities::atomic_batch`):
+    /// saves a round trip per instance. Steps (`ctx.step`) still register
+    /// before their closure runs, so a duplicate never repeats an effect.
+    pub lazy_intent: bool,
 }
 
 impl Default for Config {
@@ -70,6 +75,7 @@ impl Default for Config {
             gc_window: Duration::from_secs(15 * 60),
             tombstone_retention: Some(Duration::from_secs(7 * 24 * 3600)),
             recovery_concurrency: 8,
+            lazy_intent: true,
         }
     }
 }
@@ -108,6 +114,11 @@ impl Config {
     /// Set [`Config::gc_window`].
     pub fn gc_window(mut self, window: Duration) -> Self {
         self.gc_window = window;
+        self
+    }
+    /// Set [`Config::lazy_intent`].
+    pub fn lazy_intent(mut self, lazy: bool) -> Self {
+        self.lazy_intent = lazy;
         self
     }
     /// Set [`Config::tombstone_retention`].
@@ -348,6 +359,30 @@ impl Runtime {
         self.shared.handlers.get(function).cloned().ok_or_else(|| Error::UnknownFunction(function.to_string()))
     }
 
+    /// Start (or join) an instance's intent; a duplicate of a live execution
+    /// waits (when `wait`) until it finishes or its lease expires.
+    pub(crate) async fn begin_waiting(
+        &self,
+        function: &str,
+        input: &Value,
+        id: &InstanceId,
+        owner: &str,
+        wait: bool,
+    ) -> Result<Begin> {
+        let deadline = self.now_ms() + self.shared.config.duplicate_wait.as_millis() as u64;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            match self.shared.intents.begin(id, function, input, None, owner).await? {
+                Begin::Busy if wait && self.now_ms() < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(250));
+                }
+                Begin::Busy => return Err(Error::InstanceBusy(id.to_string())),
+                other => return Ok(other),
+            }
+        }
+    }
+
     /// Run an instance that has (or gets) an intent. `wait`: a duplicate
     /// waits for a live execution to finish instead of returning Busy.
     pub(crate) fn run_instance<'a>(
@@ -361,26 +396,47 @@ impl Runtime {
             let handler = self.handler(function)?;
             self.check_input_size(&input)?;
             let owner = uuid::Uuid::new_v4().to_string();
-            let deadline = self.now_ms() + self.shared.config.duplicate_wait.as_millis() as u64;
-            let mut pause = Duration::from_millis(5);
-            let (started_at, replay) = loop {
-                match self.shared.intents.begin(id, function, &input, None, &owner).await? {
-                    Begin::Finished(outcome) => return Ok(outcome),
-                    Begin::Fresh { started_at } => break (started_at, false),
-                    Begin::Resume { started_at } => break (started_at, true),
-                    Begin::Busy if wait && self.now_ms() < deadline => {
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(Duration::from_millis(250));
-                    }
-                    Begin::Busy => return Err(Error::InstanceBusy(id.to_string())),
-                }
-            };
+            let lazy = self.shared.config.lazy_intent && self.shared.store.capabilities().atomic_batch;
             let lease_ms = self.shared.config.lease.as_millis() as u64;
-            let lease = LeaseState::new(self.now_ms() + lease_ms);
-            let heartbeat = self.spawn_heartbeat(id.clone(), owner, lease.clone());
-            let result = self.execute(handler, input, id.clone(), started_at, replay, lease).await;
-            heartbeat.abort();
+            let registration = Registration { function: function.to_string(), input: input.clone(), owner, wait };
+            let ctx = if lazy {
+                let now = self.now_ms();
+                let lease = LeaseState::new(now + lease_ms);
+                Context::new(
+                    self.clone(),
+                    id.clone(),
+                    now,
+                    false,
+                    LoadedLog::default(),
+                    lease,
+                    Some(registration),
+                    true,
+                )
+            } else {
+                let (started_at, replay) =
+                    match self.begin_waiting(function, &input, id, &registration.owner, wait).await? {
+                        Begin::Finished(outcome) => return Ok(outcome),
+                        Begin::Fresh { started_at } => (started_at, false),
+                        Begin::Resume { started_at } => (started_at, true),
+                        Begin::Busy => return Err(Error::InstanceBusy(id.to_string())),
+                    };
+                let log = if replay { self.load_log(id).await? } else { LoadedLog::default() };
+                let lease = LeaseState::new(self.now_ms() + lease_ms);
+                Context::new(self.clone(), id.clone(), started_at, replay, log, lease, Some(registration), false)
+            };
+            let result = self.execute(handler, input, &ctx).await;
+            ctx.stop_heartbeat().await;
+            if let Some(outcome) = ctx.superseded().await {
+                return Ok(outcome);
+            }
             let (outcome, touched) = result?;
+            // A handler that made no write registers only now.
+            if let Err(e) = ctx.ensure_registered().await {
+                return match ctx.superseded().await {
+                    Some(outcome) => Ok(outcome),
+                    None => Err(e),
+                };
+            }
             self.shared.intents.finish(id, &outcome, touched).await
         })
     }
@@ -400,7 +456,9 @@ impl Runtime {
         Box::pin(async move {
             let handler = self.handler(function)?;
             let lease = LeaseState::new(lease_valid_until);
-            let (outcome, touched) = self.execute(handler, input, id, started_at, replay, lease).await?;
+            let log = if replay { self.load_log(&id).await? } else { LoadedLog::default() };
+            let ctx = Context::new(self.clone(), id, started_at, replay, log, lease, None, false);
+            let (outcome, touched) = self.execute(handler, input, &ctx).await?;
             // The callback: the callee's result completes the caller's entry.
             let key = layout::oplog_key(&caller.0, caller.1);
             let conditions = [Condition::ItemExists, Condition::AttrAbsent(attr::RESULT.into())];
@@ -425,17 +483,7 @@ impl Runtime {
 
     /// Run the handler; final errors become a recorded failure, transient ones
     /// propagate (the instance stays unfinished).
-    async fn execute(
-        &self,
-        handler: Handler,
-        input: Value,
-        id: InstanceId,
-        started_at: u64,
-        replay: bool,
-        lease: Arc<LeaseState>,
-    ) -> Result<(Outcome, Value)> {
-        let log = if replay { self.load_log(&id).await? } else { LoadedLog::default() };
-        let ctx = Context::new(self.clone(), id, started_at, replay, log, lease);
+    async fn execute(&self, handler: Handler, input: Value, ctx: &Context) -> Result<(Outcome, Value)> {
         let outcome = match handler(ctx.clone(), input).await {
             Ok(v) => Ok(v),
             Err(e) if e.is_final() => Err(e.to_string()),
@@ -458,7 +506,12 @@ impl Runtime {
         Ok(log)
     }
 
-    fn spawn_heartbeat(&self, id: InstanceId, owner: String, lease: Arc<LeaseState>) -> tokio::task::JoinHandle<()> {
+    pub(crate) fn spawn_heartbeat(
+        &self,
+        id: InstanceId,
+        owner: String,
+        lease: Arc<LeaseState>,
+    ) -> tokio::task::JoinHandle<()> {
         let rt = self.clone();
         let every = (self.shared.config.lease / 3).max(Duration::from_millis(10));
         tokio::spawn(async move {
