@@ -36,6 +36,7 @@ macro_rules! __engine_cases {
             read_replays_the_logged_value,
             write_is_replayed_not_repeated,
             indeterminate_write_is_not_reapplied_over_a_later_write,
+            a_racing_twin_s_logged_result_wins,
             cond_write_outcome_is_recorded_and_replayed,
             deterministic_values_are_stable_across_replays,
             sync_invoke_runs_the_callee_once,
@@ -277,6 +278,71 @@ pub async fn indeterminate_write_is_not_reapplied_over_a_later_write(store: Arc<
     rt.invoke::<_, ()>("seed", &("t", "aba", json!("mine")), Some("aba-writer")).await.unwrap();
     assert!(!interleaving.armed.load(Ordering::SeqCst), "the fault was not injected");
     assert_eq!(rt.peek("t", "aba").await.unwrap(), Some(json!("intruder")), "a retried write clobbered a later write");
+}
+
+/// Before the first op-log entry is created, a "twin" execution records the
+/// same step with another value: the put-if-absent must lose and the handler
+/// must see the twin's value.
+#[derive(Debug)]
+struct RacingTwinStore {
+    inner: Arc<dyn StateStore>,
+    armed: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl StateStore for RacingTwinStore {
+    fn capabilities(&self) -> flowstate_core::store::Capabilities {
+        self.inner.capabilities()
+    }
+    async fn get(&self, key: &Key) -> StoreResult<Option<Item>> {
+        self.inner.get(key).await
+    }
+    async fn put(&self, key: &Key, item: Item, mode: PutMode) -> StoreResult<()> {
+        if key.table == *layout::OPLOG && mode == PutMode::Create && self.armed.swap(false, Ordering::SeqCst) {
+            let mut twin = item.clone();
+            twin.insert("v", json!(999));
+            self.inner.put(key, twin, PutMode::Create).await?;
+        }
+        self.inner.put(key, item, mode).await
+    }
+    async fn update(&self, key: &Key, conditions: &[Condition], mutations: &[Mutation]) -> StoreResult<Item> {
+        self.inner.update(key, conditions, mutations).await
+    }
+    async fn delete(&self, key: &Key, conditions: &[Condition]) -> StoreResult<bool> {
+        self.inner.delete(key, conditions).await
+    }
+    async fn scan(&self, table: &TableName, partition: &[u8], page: PageRequest) -> StoreResult<Page> {
+        self.inner.scan(table, partition, page).await
+    }
+    async fn transact(&self, ops: Vec<WriteOp>) -> StoreResult<()> {
+        // Let the batch carrying the intent fail like a refused one would, so
+        // the entry goes through `put` above.
+        if self.armed.load(Ordering::SeqCst)
+            && ops.iter().any(|op| matches!(op, WriteOp::Put { key, .. } if key.table == *layout::OPLOG))
+        {
+            return Err(StoreError::condition_failed(None));
+        }
+        self.inner.transact(ops).await
+    }
+}
+
+pub async fn a_racing_twin_s_logged_result_wins(store: Arc<dyn StateStore>) {
+    let h = Harness::new(store);
+    h.runtime().invoke::<_, ()>("seed", &("t", "twin", json!(1)), None).await.unwrap();
+    let racing = Arc::new(RacingTwinStore { inner: h.store.clone(), armed: AtomicBool::new(true) });
+    let rt = Runtime::builder(racing.clone())
+        .clock(h.clock.clone())
+        .config(test_config())
+        .register("reader", |ctx: Context, (): ()| async move {
+            let v: Option<i64> = ctx.read("t", "twin").await?;
+            let again: Option<i64> = ctx.read("t", "twin").await?;
+            Ok((v, again))
+        })
+        .build();
+    let (v, again): (Option<i64>, Option<i64>) = rt.invoke("reader", &(), Some("twin-1")).await.unwrap();
+    assert!(!racing.armed.load(Ordering::SeqCst), "the twin never raced");
+    assert_eq!(v, Some(999), "the first logged value wins over this execution's own read");
+    assert_eq!(again, Some(1));
 }
 
 pub async fn cond_write_outcome_is_recorded_and_replayed(store: Arc<dyn StateStore>) {
