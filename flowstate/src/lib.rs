@@ -54,6 +54,7 @@
 //! | feature | URL | store |
 //! |---|---|---|
 //! | `sqlite` (default) | `sqlite://PATH?synchronous=full&busy_timeout_ms=5000&namespace=NAME` | embedded SQLite file (WAL) |
+//! | `postgres` | `postgres://user:password@host:5432/db?schema=flowstate&namespace=NAME&sslmode=...` | PostgreSQL |
 //! | `memory` | `memory://` | in-process, gone at exit (tests) |
 //!
 //! [`open_store`] returns an `Arc<dyn StateStore>`, [`open`] a
@@ -92,6 +93,9 @@ pub use flowstate_core::{
 /// The in-memory reference store.
 #[cfg(feature = "memory")]
 pub use backend_memory::MemoryStore;
+/// The PostgreSQL store and its settings.
+#[cfg(feature = "postgres")]
+pub use backend_postgres::{PostgresConfig, PostgresStore};
 /// The embedded SQLite store and its settings.
 #[cfg(feature = "sqlite")]
 pub use backend_sqlite::{SqliteConfig, SqliteStore, Synchronous};

@@ -236,6 +236,16 @@ async fn open_backend(url: &StoreUrl) -> Result<Arc<dyn StateStore>, OpenError> 
             }
             Ok(Arc::new(SqliteStore::open(config).await.map_err(open_err)?))
         }
+        #[cfg(feature = "postgres")]
+        crate::url::Backend::Postgres => {
+            use backend_postgres::{PostgresConfig, PostgresStore};
+            // The backend's messages redact the URL themselves.
+            let config = PostgresConfig::from_url(url.expose())
+                .map_err(|e| OpenError::Malformed { url: url.redacted(), reason: e.message().to_string() })?;
+            let store =
+                PostgresStore::open(config).await.map_err(|source| OpenError::Open { url: url.redacted(), source })?;
+            Ok(Arc::new(store))
+        }
         #[cfg(feature = "memory")]
         crate::url::Backend::Memory => Ok(Arc::new(backend_memory::MemoryStore::new())),
         other => Err(OpenError::NotCompiled { backend: other }),

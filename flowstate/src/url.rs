@@ -50,7 +50,8 @@ impl Backend {
         match self {
             Self::Sqlite => cfg!(feature = "sqlite"),
             Self::Memory => cfg!(feature = "memory"),
-            Self::Postgres | Self::DynamoDb | Self::Cosmos | Self::Spanner => false,
+            Self::Postgres => cfg!(feature = "postgres"),
+            Self::DynamoDb | Self::Cosmos | Self::Spanner => false,
         }
     }
 

@@ -94,6 +94,9 @@ struct StoreArgs {
     /// TOML settings file: `store = "URL"` and an [engine] table [default: $FLOWSTATE_CONFIG]
     #[arg(long, value_name = "FILE", conflicts_with = "store")]
     config: Option<PathBuf>,
+    /// Give up opening the store after this long [default: 10s, or the config file's connect_timeout]
+    #[arg(long, value_name = "DURATION", value_parser = flowstate::parse_duration)]
+    connect_timeout: Option<Duration>,
 }
 
 impl StoreArgs {
@@ -103,12 +106,16 @@ impl StoreArgs {
             (None, Some(path)) => Settings::from_toml_file(path),
             (None, None) => Settings::from_env(),
         };
-        settings.map_err(|e| match e {
+        let mut settings = settings.map_err(|e| match e {
             OpenError::MissingEnv { .. } => CliError::msg(
                 "no store given: pass --store URL (e.g. sqlite://flowstate.db) or set FLOWSTATE_STORE".to_string(),
             ),
-            e => e.into(),
-        })
+            e => CliError::from(e),
+        })?;
+        if let Some(t) = self.connect_timeout {
+            settings.connect_timeout = t;
+        }
+        Ok(settings)
     }
 }
 
