@@ -4,9 +4,11 @@
 //! takes over with a conditional lease renewal, so two collectors never
 //! restart one instance at once, and a restarted instance gets a fresh lease.
 //!
-//! Cost per pass: one paged scan of each intent shard, i.e. O(intents kept:
-//! running + finished within the GC window + tombstones); the data and log
-//! tables are never scanned.
+//! Cost per pass: where the store has atomic batches, the engine keeps a
+//! running set (entered and left in the same batch as the intent's start and
+//! finish), and a pass walks it: O(running instances), one intent read each.
+//! Elsewhere a pass scans the intent shards: O(intents kept). The data and
+//! log tables are never scanned.
 
 use std::time::Duration;
 
@@ -39,29 +41,53 @@ impl Runtime {
     pub async fn recover(&self) -> Result<RecoveryReport> {
         let mut report = RecoveryReport::default();
         let now = self.now_ms();
+        let indexed = self.intents().indexed();
         for shard in 0..self.intents().shards() {
-            let partition = layout::intent_partition(shard);
+            // With the index, walk the running set (O(running)); without it,
+            // the intent shard itself (O(intents kept)).
+            let (table, partition) = if indexed {
+                (&*layout::INDEX, layout::running_partition(shard))
+            } else {
+                (&*layout::INTENTS, layout::intent_partition(shard))
+            };
             let mut after = None;
             loop {
                 let store = self.store();
                 let page = self
                     .retry()
-                    .run(|| store.scan(&layout::INTENTS, &partition, PageRequest { after: after.clone(), limit: 500 }))
+                    .run(|| store.scan(table, &partition, PageRequest { after: after.clone(), limit: 500 }))
                     .await?;
                 report.scanned += page.items.len();
                 let mut expired = Vec::new();
                 for (sort, item) in &page.items {
-                    let running = item.get_str(attr::STATUS) == Some(status::RUNNING);
-                    let lease = item.get(attr::LEASE_UNTIL).and_then(Value::as_u64).unwrap_or(0);
-                    if running && lease <= now {
-                        let id = String::from_utf8(sort.clone())
-                            .map_err(|_| Error::Corrupt("intent key is not UTF-8".into()))?;
-                        let function = item
+                    let id = InstanceId::from_stored(
+                        String::from_utf8(sort.clone())
+                            .map_err(|_| Error::Corrupt("intent key is not UTF-8".into()))?,
+                    );
+                    let intent = if indexed {
+                        match self.intents().get(&id).await? {
+                            Some(intent) => intent,
+                            None => {
+                                self.drop_running_entry(table, &partition, sort).await?;
+                                continue;
+                            }
+                        }
+                    } else {
+                        item.clone()
+                    };
+                    let status = intent.get_str(attr::STATUS);
+                    if indexed && status != Some(status::RUNNING) {
+                        self.drop_running_entry(table, &partition, sort).await?;
+                        continue;
+                    }
+                    let lease = intent.get(attr::LEASE_UNTIL).and_then(Value::as_u64).unwrap_or(0);
+                    if status == Some(status::RUNNING) && lease <= now {
+                        let function = intent
                             .get_str(attr::FUNCTION)
-                            .ok_or_else(|| Error::Corrupt(format!("intent {id:?} has no function")))?
+                            .ok_or_else(|| Error::Corrupt(format!("intent of {id} has no function")))?
                             .to_string();
-                        let input = item.get(attr::INPUT).cloned().unwrap_or(Value::Null);
-                        expired.push((InstanceId::from_stored(id), function, input));
+                        let input = intent.get(attr::INPUT).cloned().unwrap_or(Value::Null);
+                        expired.push((id, function, input));
                     }
                 }
                 report.expired += expired.len();
@@ -90,6 +116,13 @@ impl Runtime {
             }
         }
         Ok(report)
+    }
+
+    /// Remove a running-set entry whose instance is finished or gone.
+    async fn drop_running_entry(&self, table: &crate::store::TableName, partition: &[u8], sort: &[u8]) -> Result<()> {
+        let key = crate::store::Key::new(table.clone(), partition.to_vec(), sort.to_vec());
+        self.retry().run(|| self.store().delete(&key, &[])).await?;
+        Ok(())
     }
 
     /// Run [`Runtime::recover`] every `every` in the background until the

@@ -146,8 +146,9 @@ impl Context {
         let rt = &self.inner.rt;
         let id = &self.inner.instance;
         if let Some(op) = piggyback {
-            let (intent, now) = rt.intents().create_op(id, &reg.function, &reg.input, &reg.owner);
-            match rt.store().transact(vec![intent, op]).await {
+            let (mut ops, now) = rt.intents().create_ops(id, &reg.function, &reg.input, &reg.owner);
+            ops.push(op);
+            match rt.store().transact(ops).await {
                 Ok(()) => {
                     self.registered(st, now, None);
                     return Ok(true);

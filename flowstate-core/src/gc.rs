@@ -8,10 +8,14 @@
 //! can still reach them.
 //!
 //! One pass runs at a time per namespace (a lease row in the meta table).
-//! Cost per pass: one paged scan of each intent shard, plus work proportional
-//! to the garbage found: per collected instance one scan of its log partition,
-//! one delete per log entry and one update per data row it wrote. The data
-//! table is never scanned (Beldi scanned it whole every minute).
+//! Finding the garbage: where the store has atomic batches, an instance's
+//! finish also enters it, in the same batch, into a finished queue bucketed
+//! by minute; a pass walks the buckets that have aged past the window, from a
+//! cursor, so its cost is O(instances to collect) plus one read per elapsed
+//! minute. Elsewhere a pass scans the intent shards (O(intents kept);
+//! [`Runtime::gc_full`]). Per collected instance: one scan of its log
+//! partition, one delete per log entry, one update per data row it wrote.
+//! The data table is never scanned (Beldi scanned it whole every minute).
 
 use serde_json::{Value, json};
 
@@ -43,6 +47,13 @@ pub struct GcReport {
     pub tombstones_deleted: usize,
 }
 
+/// How far back (in finished-queue buckets of a minute) the first pass in a
+/// namespace looks; older backlogs need one [`Runtime::gc_full`] pass.
+pub const INITIAL_LOOKBACK_BUCKETS: u64 = 120;
+/// Most finished-queue buckets one pass walks (a long-idle GC catches up over
+/// several passes).
+pub const MAX_BUCKETS_PER_PASS: usize = 1440;
+
 /// Most operation-log entries of one instance collected per pass.
 const MAX_LOG: usize = crate::runtime::MAX_STEPS_LOADED;
 
@@ -56,12 +67,125 @@ impl Runtime {
             return Ok(report);
         }
         let result = self.gc_pass(&mut report).await;
-        let lease = layout::gc_lease_key();
-        let _ = self.store().delete(&lease, &[Condition::AttrEquals("owner".into(), json!(owner))]).await;
+        self.release_gc_lease(&owner).await;
+        result.map(|()| report)
+    }
+
+    /// A GC pass that scans every intent shard instead of the finished queue:
+    /// O(intents kept). The only pass for stores without atomic batches; for
+    /// others, a repair tool for instances that finished before the queue's
+    /// reach (see [`INITIAL_LOOKBACK_BUCKETS`]).
+    pub async fn gc_full(&self) -> Result<GcReport> {
+        let mut report = GcReport::default();
+        let owner = uuid::Uuid::new_v4().to_string();
+        if !self.acquire_gc_lease(&owner).await? {
+            report.skipped = true;
+            return Ok(report);
+        }
+        let result = self.scan_intents_pass(&mut report).await;
+        self.release_gc_lease(&owner).await;
         result.map(|()| report)
     }
 
     async fn gc_pass(&self, report: &mut GcReport) -> Result<()> {
+        if !self.intents().indexed() {
+            return self.scan_intents_pass(report).await;
+        }
+        let now = self.now_ms();
+        let cutoff = now.saturating_sub(self.config().gc_window.as_millis() as u64);
+        // Collect every instance in the buckets wholly before the cutoff.
+        self.walk_finished_queue("collect", cutoff, report, false).await?;
+        if let Some(retention) = self.config().tombstone_retention {
+            let tomb_cutoff = now.saturating_sub(retention.as_millis() as u64).min(cutoff);
+            self.walk_finished_queue("tombstones", tomb_cutoff, report, true).await?;
+        }
+        self.delete_unlinked_rows(cutoff, report).await
+    }
+
+    /// Process the finished-queue entries after the named cursor that finished
+    /// at or before `cutoff`: collect each instance, or (`tombstones`) delete
+    /// its tombstone and queue entry. The cursor advances past whole buckets
+    /// only; the bucket holding `cutoff` is re-read by the next pass.
+    async fn walk_finished_queue(
+        &self,
+        cursor: &str,
+        cutoff: u64,
+        report: &mut GcReport,
+        tombstones: bool,
+    ) -> Result<()> {
+        let last = cutoff / layout::FINISHED_BUCKET_MS;
+        let cursor_key = layout::gc_cursor_key(cursor);
+        let done_through = self
+            .retry()
+            .run(|| self.store().get(&cursor_key))
+            .await?
+            .and_then(|c| c.get("bucket").and_then(Value::as_u64));
+        let first = match done_through {
+            Some(b) => b + 1,
+            None => last.saturating_sub(INITIAL_LOOKBACK_BUCKETS),
+        };
+        let keep_queue = !tombstones && self.config().tombstone_retention.is_some();
+        for bucket in (first..=last).take(MAX_BUCKETS_PER_PASS) {
+            let partition = layout::finished_partition(bucket);
+            let entries = self.retry().run(|| self.store().scan_all(&layout::INDEX, &partition, MAX_LOG)).await?;
+            let partial = bucket == last;
+            for (sort, queued) in entries {
+                if partial && queued.get("at").and_then(Value::as_u64).is_none_or(|at| at > cutoff) {
+                    continue;
+                }
+                report.scanned += 1;
+                let id = InstanceId::from_stored(
+                    String::from_utf8(sort.clone())
+                        .map_err(|_| Error::Corrupt("queued instance id is not UTF-8".into()))?,
+                );
+                let key = self.intents().key(&id);
+                if let Some(intent) = self.intents().get(&id).await? {
+                    if tombstones {
+                        // Normally compacted long ago; if the collect walk never reached it, collect now.
+                        self.collect_intent(&key, &id, &intent, report).await?;
+                        let cond = [Condition::AttrExists(attr::COMPACTED.into())];
+                        match self.retry().run(|| self.store().delete(&key, &cond)).await {
+                            Ok(true) => report.tombstones_deleted += 1,
+                            Ok(false) => {}
+                            Err(e) if e.is_condition_failed() => {}
+                            Err(e) => return Err(e.into()),
+                        }
+                    } else {
+                        self.collect_intent(&key, &id, &intent, report).await?;
+                    }
+                }
+                if !keep_queue {
+                    let qkey = Key::new(layout::INDEX.clone(), partition.clone(), sort);
+                    self.retry().run(|| self.store().delete(&qkey, &[])).await?;
+                }
+            }
+            if !partial {
+                let mark = Item::new().with("bucket", bucket);
+                self.retry().run(|| self.store().put(&cursor_key, mark.clone(), PutMode::Overwrite)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Collect one finished, not yet compacted intent and compact it.
+    async fn collect_intent(&self, key: &Key, id: &InstanceId, intent: &Item, report: &mut GcReport) -> Result<()> {
+        let st = intent.get_str(attr::STATUS);
+        if (st != Some(status::DONE) && st != Some(status::FAILED)) || intent.get(attr::COMPACTED).is_some() {
+            return Ok(());
+        }
+        let touched = intent.get(attr::TOUCHED).cloned().unwrap_or(Value::Null);
+        self.collect_instance(id, &touched, report).await?;
+        let cond = [Condition::AttrEquals(attr::STATUS.into(), json!(st))];
+        let muts = [
+            Mutation::Remove(attr::INPUT.into()),
+            Mutation::Remove(attr::TOUCHED.into()),
+            Mutation::Set(attr::COMPACTED.into(), json!(true)),
+        ];
+        self.retry().run(|| self.store().update(key, &cond, &muts)).await?;
+        Ok(())
+    }
+
+    async fn scan_intents_pass(&self, report: &mut GcReport) -> Result<()> {
         let now = self.now_ms();
         let cutoff = now.saturating_sub(self.config().gc_window.as_millis() as u64);
         let tombstone_cutoff = self.config().tombstone_retention.map(|r| now.saturating_sub(r.as_millis() as u64));
@@ -98,15 +222,7 @@ impl Runtime {
                         String::from_utf8(sort.clone())
                             .map_err(|_| Error::Corrupt("intent key is not UTF-8".into()))?,
                     );
-                    let touched = item.get(attr::TOUCHED).cloned().unwrap_or(Value::Null);
-                    self.collect_instance(&id, &touched, report).await?;
-                    let cond = [Condition::AttrEquals(attr::STATUS.into(), json!(st))];
-                    let muts = [
-                        Mutation::Remove(attr::INPUT.into()),
-                        Mutation::Remove(attr::TOUCHED.into()),
-                        Mutation::Set(attr::COMPACTED.into(), json!(true)),
-                    ];
-                    self.retry().run(|| self.store().update(&key, &cond, &muts)).await?;
+                    self.collect_intent(&key, &id, item, report).await?;
                 }
                 match page.next {
                     Some(next) => after = Some(next),
@@ -229,6 +345,11 @@ impl Runtime {
             self.retry().run(|| self.store().delete(&qkey, &[])).await?;
         }
         Ok(())
+    }
+
+    async fn release_gc_lease(&self, owner: &str) {
+        let lease = layout::gc_lease_key();
+        let _ = self.store().delete(&lease, &[Condition::AttrEquals("owner".into(), json!(owner))]).await;
     }
 
     async fn acquire_gc_lease(&self, owner: &str) -> Result<bool> {

@@ -75,6 +75,9 @@ pub(crate) enum Begin {
 /// Intent operations.
 #[derive(Debug)]
 pub(crate) struct Intents {
+    /// Whether the running set and the finished queue are kept (the store
+    /// has atomic batches to keep them in step with the intent).
+    indexed: bool,
     store: Arc<dyn StateStore>,
     clock: Arc<dyn Clock>,
     retry: RetryPolicy,
@@ -90,7 +93,8 @@ impl Intents {
         shards: u16,
         lease_ms: u64,
     ) -> Self {
-        Self { store, clock, retry, shards, lease_ms }
+        let indexed = store.capabilities().atomic_batch;
+        Self { indexed, store, clock, retry, shards, lease_ms }
     }
 
     pub fn key(&self, id: &InstanceId) -> Key {
@@ -122,7 +126,8 @@ impl Intents {
         if let Some((c, step)) = caller {
             item.insert(attr::CALLER, json!([c.as_str(), step]));
         }
-        let mut current = match self.retry.run(|| self.store.put(&key, item.clone(), PutMode::Create)).await {
+        let ops = self.with_running(id, WriteOp::Put { key: key.clone(), item, mode: PutMode::Create });
+        let mut current = match self.write_all(ops).await {
             Ok(()) => return Ok(Begin::Fresh { started_at: now }),
             Err(e) if e.is_condition_failed() => match e.into_current() {
                 Some(c) => c,
@@ -169,12 +174,35 @@ impl Intents {
             .with(attr::ATTEMPTS, 1)
     }
 
-    /// The create-if-absent of a fresh intent, as a batch op to fold into an
-    /// instance's first write; returns the op and its start time.
-    pub fn create_op(&self, id: &InstanceId, function: &str, input: &Value, owner: &str) -> (WriteOp, u64) {
+    /// The create-if-absent of a fresh intent (and its running-set entry), as
+    /// batch ops to fold into an instance's first write; and its start time.
+    pub fn create_ops(&self, id: &InstanceId, function: &str, input: &Value, owner: &str) -> (Vec<WriteOp>, u64) {
         let now = self.clock.now_ms();
         let item = self.fresh_item(function, input, owner, now);
-        (WriteOp::Put { key: self.key(id), item, mode: PutMode::Create }, now)
+        (self.with_running(id, WriteOp::Put { key: self.key(id), item, mode: PutMode::Create }), now)
+    }
+
+    /// `intent_op`, plus the running-set entry where the index is kept.
+    fn with_running(&self, id: &InstanceId, intent_op: WriteOp) -> Vec<WriteOp> {
+        let mut ops = vec![intent_op];
+        if self.indexed {
+            let entry = Item::new().with("at", self.clock.now_ms());
+            ops.push(WriteOp::Put { key: layout::running_key(id, self.shards), item: entry, mode: PutMode::Overwrite });
+        }
+        ops
+    }
+
+    /// One op as a plain call, several as one atomic batch; with retries.
+    async fn write_all(&self, ops: Vec<WriteOp>) -> crate::store::StoreResult<()> {
+        if let [WriteOp::Put { key, item, mode }] = ops.as_slice() {
+            return self.retry.run(|| self.store.put(key, item.clone(), *mode)).await;
+        }
+        self.retry.run(|| self.store.transact(ops.clone())).await
+    }
+
+    /// Whether the running set and finished queue are kept.
+    pub fn indexed(&self) -> bool {
+        self.indexed
     }
 
     fn classify(&self, id: &InstanceId, function: &str, input: &Value, owner: &str, cur: &Item) -> Result<Classified> {
@@ -249,7 +277,7 @@ impl Intents {
             .with(attr::OWNER, "")
             .with(attr::ATTEMPTS, 0)
             .with(attr::CALLER, json!([caller.0.as_str(), caller.1]));
-        match self.retry.run(|| self.store.put(&key, item.clone(), PutMode::Create)).await {
+        match self.write_all(self.with_running(id, WriteOp::Put { key, item, mode: PutMode::Create })).await {
             Ok(()) => Ok(()),
             Err(e) if e.is_condition_failed() => Ok(()),
             Err(e) => Err(e.into()),
@@ -276,13 +304,29 @@ impl Intents {
         let key = self.key(id);
         let conditions = [Condition::AttrEquals(attr::STATUS.into(), json!(status::RUNNING))];
         let st = if outcome.is_ok() { status::DONE } else { status::FAILED };
-        let mutations = [
+        let now = self.clock.now_ms();
+        let mutations = vec![
             Mutation::Set(attr::STATUS.into(), json!(st)),
             Mutation::Set(attr::RESULT.into(), encode_outcome(outcome)),
-            Mutation::Set(attr::FINISHED_AT.into(), json!(self.clock.now_ms())),
+            Mutation::Set(attr::FINISHED_AT.into(), json!(now)),
             Mutation::Set(attr::TOUCHED.into(), touched),
         ];
-        match self.retry.run(|| self.store.update(&key, &conditions, &mutations)).await {
+        let result = if self.indexed {
+            // One batch: the intent is done, leaves the running set, joins the finished queue.
+            let ops = vec![
+                WriteOp::Update { key: key.clone(), conditions: conditions.to_vec(), mutations },
+                WriteOp::Delete { key: layout::running_key(id, self.shards), conditions: vec![] },
+                WriteOp::Put {
+                    key: layout::finished_key(id, now),
+                    item: Item::new().with("at", now),
+                    mode: PutMode::Overwrite,
+                },
+            ];
+            self.retry.run(|| self.store.transact(ops.clone())).await
+        } else {
+            self.retry.run(|| self.store.update(&key, &conditions, &mutations)).await.map(|_| ())
+        };
+        match result {
             Ok(_) => Ok(outcome.clone()),
             Err(e) if e.is_condition_failed() => {
                 let cur = match e.into_current() {

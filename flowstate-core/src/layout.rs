@@ -15,6 +15,10 @@ pub static DATA: LazyLock<TableName> = LazyLock::new(|| TableName::new("daal").e
 pub static OPLOG: LazyLock<TableName> = LazyLock::new(|| TableName::new("oplog").expect("valid"));
 /// Intents: partition = shard, sort = instance id.
 pub static INTENTS: LazyLock<TableName> = LazyLock::new(|| TableName::new("intents").expect("valid"));
+/// Instance index (stores with atomic batches): the running set, sharded
+/// (`r‖u16 shard` → instance id), and the finished queue by finish minute
+/// (`d‖u64 minute` → instance id). Kept in the same batches as the intent.
+pub static INDEX: LazyLock<TableName> = LazyLock::new(|| TableName::new("idx").expect("valid"));
 /// Engine bookkeeping: the GC lease and the queue of unlinked rows.
 pub static META: LazyLock<TableName> = LazyLock::new(|| TableName::new("meta").expect("valid"));
 
@@ -178,6 +182,38 @@ pub fn intent_partition(shard: u16) -> Vec<u8> {
 /// Key of an instance's intent.
 pub fn intent_key(instance: &InstanceId, shards: u16) -> Key {
     Key::new(INTENTS.clone(), intent_partition(intent_shard(instance, shards)), instance.0.as_bytes().to_vec())
+}
+
+/// Width of one bucket of the finished queue.
+pub const FINISHED_BUCKET_MS: u64 = 60_000;
+
+/// Partition of running-set shard `shard`.
+pub fn running_partition(shard: u16) -> Vec<u8> {
+    let mut p = b"r".to_vec();
+    p.extend_from_slice(&shard.to_be_bytes());
+    p
+}
+
+/// An instance's entry in the running set.
+pub fn running_key(instance: &InstanceId, shards: u16) -> Key {
+    Key::new(INDEX.clone(), running_partition(intent_shard(instance, shards)), instance.0.as_bytes().to_vec())
+}
+
+/// Partition of the finished-queue bucket `bucket` (minutes since the epoch).
+pub fn finished_partition(bucket: u64) -> Vec<u8> {
+    let mut p = b"d".to_vec();
+    p.extend_from_slice(&bucket.to_be_bytes());
+    p
+}
+
+/// An instance's entry in the finished queue.
+pub fn finished_key(instance: &InstanceId, finished_at_ms: u64) -> Key {
+    Key::new(INDEX.clone(), finished_partition(finished_at_ms / FINISHED_BUCKET_MS), instance.0.as_bytes().to_vec())
+}
+
+/// Key of a GC cursor (the last finished-queue bucket fully processed).
+pub fn gc_cursor_key(name: &str) -> Key {
+    Key::new(META.clone(), b"gc".to_vec(), format!("cursor-{name}").into_bytes())
 }
 
 /// Key of the GC lease.
