@@ -47,6 +47,7 @@ macro_rules! __engine_cases {
             divergent_read_replay_is_rejected,
             divergent_write_replay_is_rejected,
             bad_input_gets_typed_errors,
+            corrupt_or_foreign_rows_are_typed_errors,
             round_trips_meet_targets,
             crash_point_sweep_bank_transfer,
             crash_point_sweep_counter,
@@ -711,6 +712,35 @@ pub async fn bad_input_gets_typed_errors(store: Arc<dyn StateStore>) {
     let long_key = "k".repeat(5000);
     let r = rt.invoke::<_, i64>("counter", &long_key, Some("long-key")).await;
     assert!(matches!(r, Err(Error::Handler(ref m)) if m.contains("key must be at most")), "{r:?}");
+}
+
+pub async fn corrupt_or_foreign_rows_are_typed_errors(store: Arc<dyn StateStore>) {
+    let h = Harness::new(store);
+    // A foreign item where an operation-log entry should be: the replay refuses it.
+    let (rt, _) = replay_runtime(&h, |ctx| async move {
+        let v: Option<i64> = ctx.read("t", "k").await?;
+        Ok(json!(v))
+    });
+    assert!(rt.invoke::<_, Value>("replayed", &(), Some("foreign-log")).await.is_err());
+    let key = layout::oplog_key(&InstanceId::new("foreign-log").unwrap(), 1);
+    h.store.put(&key, Item::new().with("foo", 1), PutMode::Overwrite).await.unwrap();
+    h.expire_leases();
+    let r = rt.invoke::<_, Value>("replayed", &(), Some("foreign-log")).await;
+    assert!(matches!(r, Err(Error::Corrupt(ref m)) if m.contains("kind")), "{r:?}");
+    // A damaged DAAL row (next pointer of the wrong type): reads and writes refuse it.
+    let row = layout::row_key(&layout::data_partition(COUNTERS, "damaged"), layout::HEAD_ROW);
+    h.store.put(&row, Item::new().with("v", 1).with("next", 5), PutMode::Overwrite).await.unwrap();
+    let rt = h.runtime();
+    let r = rt.invoke::<_, i64>("counter", "damaged", Some("damaged-1")).await;
+    assert!(matches!(r, Err(Error::Corrupt(_))), "{r:?}");
+    assert!(matches!(rt.peek(COUNTERS, "damaged").await, Err(Error::Corrupt(_))));
+    let rt2 = Runtime::builder(h.store.clone())
+        .clock(h.clock.clone())
+        .config(test_config())
+        .register("reader", |ctx: Context, (): ()| async move { ctx.read::<i64>(COUNTERS, "damaged").await })
+        .build();
+    let r = rt2.invoke::<_, Option<i64>>("reader", &(), Some("damaged-2")).await;
+    assert!(matches!(r, Err(Error::Corrupt(ref m)) if m.contains("next")), "{r:?}");
 }
 
 pub async fn round_trips_meet_targets(store: Arc<dyn StateStore>) {

@@ -99,9 +99,9 @@ pub async fn round_trips(store: Arc<dyn StateStore>) -> Result<Vec<RoundTrip>> {
 
 /// The table as text.
 pub fn render(rows: &[RoundTrip]) -> String {
-    let mut out = format!("{:<32} {:>9} {:>7} {:>6}\n", "operation", "flowstate", "target", "beldi");
+    let mut out = format!("{:<40} {:>9} {:>7} {:>6}\n", "operation", "flowstate", "target", "beldi");
     for r in rows {
-        let _ = writeln!(out, "{:<32} {:>9} {:>7} {:>6}", r.op, r.measured, r.target, r.beldi);
+        let _ = writeln!(out, "{:<40} {:>9} {:>7} {:>6}", r.op, r.measured, r.target, r.beldi);
     }
     out
 }

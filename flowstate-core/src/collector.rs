@@ -142,6 +142,24 @@ impl Runtime {
     }
 }
 
+impl Runtime {
+    /// Run [`Runtime::gc`] every `every` in the background until the returned
+    /// handle is dropped or stopped.
+    pub fn spawn_gc(&self, every: Duration) -> BackgroundTask {
+        let rt = self.clone();
+        BackgroundTask(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                match rt.gc().await {
+                    Ok(r) if r.instances_collected > 0 || r.rows_deleted > 0 => tracing::info!(?r, "gc pass"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "gc pass failed"),
+                }
+            }
+        }))
+    }
+}
+
 /// A background loop; stops when dropped.
 #[derive(Debug)]
 pub struct BackgroundTask(tokio::task::JoinHandle<()>);
