@@ -112,6 +112,9 @@ fn demo_with_40_requests_verifies_zero_violations_and_its_instances_can_be_inspe
     let run = flowstate_with(&["gc", "--window", "0s"], &env, Duration::from_secs(60));
     assert_eq!(run.code, Some(0), "{run:#?}");
     assert!(run.stdout.contains("instances collected"), "{}", run.stdout);
+    let run = flowstate_with(&["gc", "--full", "--window", "0s"], &env, Duration::from_secs(60));
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    assert!(run.stdout.contains("full: every intent scanned"), "{}", run.stdout);
     let run = flowstate_with(&["inspect", "reservation-0001"], &env, Duration::from_secs(60));
     assert_eq!(run.code, Some(0), "{run:#?}");
     assert!(run.stdout.contains("compacted"), "{}", run.stdout);

@@ -51,6 +51,9 @@ enum Command {
         /// Never shorter than any execution can still run.
         #[arg(long, value_name = "DURATION", value_parser = flowstate::parse_duration)]
         window: Option<Duration>,
+        /// Scan every intent instead of the queue of finished instances (a repair pass for backlogs).
+        #[arg(long)]
+        full: bool,
     },
     /// Show an instance's intent and its step log.
     Inspect {
@@ -179,7 +182,7 @@ async fn run(cli: Cli) -> CliResult<bool> {
         Command::Recover { store, demo_functions } => {
             ops::recover(&store.settings()?, demo_functions, &mut out).await.map(|()| true)
         }
-        Command::Gc { store, window } => ops::gc(&store.settings()?, window, &mut out).await.map(|()| true),
+        Command::Gc { store, window, full } => ops::gc(&store.settings()?, window, full, &mut out).await.map(|()| true),
         Command::Inspect { store, instance } => {
             ops::inspect(&store.settings()?, &instance, &mut out).await.map(|()| true)
         }

@@ -111,7 +111,7 @@ pub async fn recover(settings: &Settings, demo_functions: bool, out: &mut dyn Wr
 }
 
 /// `flowstate gc`: one garbage-collection pass.
-pub async fn gc(settings: &Settings, window: Option<Duration>, out: &mut dyn Write) -> CliResult<()> {
+pub async fn gc(settings: &Settings, window: Option<Duration>, full: bool, out: &mut dyn Write) -> CliResult<()> {
     let mut config = settings.engine.clone();
     if let Some(w) = window {
         config = config.gc_window(w);
@@ -120,7 +120,10 @@ pub async fn gc(settings: &Settings, window: Option<Duration>, out: &mut dyn Wri
     let rt = Runtime::builder(store).config(config.clone()).build();
     writeln!(out, "store       {}", settings.store)?;
     writeln!(out, "window      instances finished more than {} ago", humanize(config.gc_window))?;
-    let r = rt.gc().await?;
+    if full {
+        writeln!(out, "pass        full: every intent scanned")?;
+    }
+    let r = if full { rt.gc_full().await? } else { rt.gc().await? };
     if r.skipped {
         writeln!(out, "skipped     another GC pass holds the lease")?;
         return Ok(());
