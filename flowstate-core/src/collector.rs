@@ -34,6 +34,9 @@ pub struct RecoveryReport {
     pub busy: usize,
     /// Of those, that failed again transiently (retried next pass).
     pub errors: usize,
+    /// Expired instances of functions this runtime does not register, by
+    /// function name: left for a runtime that does.
+    pub unknown_functions: std::collections::BTreeMap<String, usize>,
 }
 
 impl Runtime {
@@ -86,6 +89,10 @@ impl Runtime {
                             .get_str(attr::FUNCTION)
                             .ok_or_else(|| Error::Corrupt(format!("intent of {id} has no function")))?
                             .to_string();
+                        if !self.is_registered(&function) {
+                            *report.unknown_functions.entry(function).or_default() += 1;
+                            continue;
+                        }
                         let input = intent.get(attr::INPUT).cloned().unwrap_or(Value::Null);
                         expired.push((id, function, input));
                     }

@@ -355,6 +355,11 @@ impl Runtime {
         Ok(())
     }
 
+    /// Whether `function` is registered here.
+    pub fn is_registered(&self, function: &str) -> bool {
+        self.shared.handlers.contains_key(function)
+    }
+
     fn handler(&self, function: &str) -> Result<Handler> {
         self.shared.handlers.get(function).cloned().ok_or_else(|| Error::UnknownFunction(function.to_string()))
     }

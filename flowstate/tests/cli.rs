@@ -260,7 +260,7 @@ fn recover_round_trip(url: &str) {
     assert_eq!(run.code, Some(1), "{run:#?}");
     assert!(run.stdout.contains("1 unfinished, 1 of them with an expired lease"), "{}", run.stdout);
     assert!(run.stdout.contains("functions this CLI does not have: reserve ×1"), "{}", run.stdout);
-    assert!(run.stderr.contains("could not be re-driven"), "{}", run.stderr);
+    assert!(run.stderr.contains("need functions this CLI does not register"), "{}", run.stderr);
 
     // The demo's `reserve` replays the logged read and finishes: unknown user.
     let run = flowstate(&["recover", "--store", url, "--demo-functions"]);

@@ -73,12 +73,6 @@ pub async fn recover(settings: &Settings, demo_functions: bool, out: &mut dyn Wr
     let census = intents(store.as_ref(), settings.engine.intent_shards).await?;
     let running: Vec<&IntentInfo> = census.iter().filter(|i| i.status == status::RUNNING).collect();
     let expired: Vec<&IntentInfo> = running.iter().copied().filter(|i| i.lease_until <= now).collect();
-    let mut unknown: BTreeMap<&str, usize> = BTreeMap::new();
-    for i in &expired {
-        if !registered.contains(&i.function.as_str()) {
-            *unknown.entry(i.function.as_str()).or_default() += 1;
-        }
-    }
     writeln!(
         out,
         "before      {} intents: {} unfinished, {} of them with an expired lease",
@@ -93,13 +87,15 @@ pub async fn recover(settings: &Settings, demo_functions: bool, out: &mut dyn Wr
         "pass        scanned {}, expired {}, re-driven to completion {}, taken over by another runtime {}, failed {}",
         report.scanned, report.expired, report.completed, report.busy, report.errors
     )?;
-    if !unknown.is_empty() {
-        let list: Vec<String> = unknown.iter().map(|(f, n)| format!("{f} ×{n}")).collect();
+    if !report.unknown_functions.is_empty() {
+        let list: Vec<String> = report.unknown_functions.iter().map(|(f, n)| format!("{f} ×{n}")).collect();
         writeln!(out, "unknown     expired intents of functions this CLI does not have: {}", list.join(", "))?;
         writeln!(
             out,
-            "            they count as failed above and stay unfinished until a runtime with those functions\n            registered runs recover() (your application, or `flowstate recover --demo-functions` for the demo's)"
+            "            they stay unfinished until a runtime with those functions registered runs recover()\n            (your application, or `flowstate recover --demo-functions` for the demo's)"
         )?;
+        let n: usize = report.unknown_functions.values().sum();
+        return Err(CliError::msg(format!("{n} expired instance(s) need functions this CLI does not register")));
     }
     if report.errors > 0 {
         return Err(CliError::msg(format!(
