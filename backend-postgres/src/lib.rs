@@ -440,6 +440,179 @@ impl PostgresStore {
         Ok(Written::Deleted(true))
     }
 
+    /// `transact` of ops on distinct keys as **one** statement (one round
+    /// trip, atomic as any single statement): per op, lock and evaluate as the
+    /// single-op statements do, into a status code (0 passes, 1 not found,
+    /// 2 condition failed, 3 mutation type error, 4 too large) and the
+    /// current body; one `go` flag is the conjunction of all; every write is
+    /// gated on `go`. On distinct keys the ops are independent, so evaluating
+    /// all of them on the state before the statement answers exactly as
+    /// applying them in order would, and the first failing op (by index) is
+    /// the error. `None`: not eligible (a repeated key, or a put that is too
+    /// large, whose error must be ordered after the server-side checks of the
+    /// ops before it); the caller uses `BEGIN … COMMIT`.
+    fn batch_statement(&self, ops: &[WriteOp]) -> StoreResult<Option<Stmt>> {
+        let mut keys = std::collections::HashSet::new();
+        for op in ops {
+            let key = match op {
+                WriteOp::Put { key, item, .. } => {
+                    if item.encoded_len() > self.shared.max_item_bytes {
+                        return Ok(None);
+                    }
+                    key
+                }
+                WriteOp::Update { key, .. } | WriteOp::Delete { key, .. } => key,
+            };
+            if !keys.insert(key) {
+                return Ok(None);
+            }
+        }
+        let t = &self.shared.sql.table;
+        let ns = self.ns.as_str();
+        let mut st = Stmt::empty();
+        // Bound on first use: only updates check the size in SQL.
+        let mut max: Option<String> = None;
+        let mut ctes = Vec::new();
+        let mut writes = Vec::new();
+        for (i, op) in ops.iter().enumerate() {
+            match op {
+                WriteOp::Update { key, conditions, mutations } => {
+                    let km = st.key(ns, key.table.as_str(), &key.partition, &key.sort)?;
+                    let cond = st.conditions(conditions, "body")?;
+                    ctes.push(format!("c{i} AS MATERIALIZED (SELECT body FROM {t} WHERE {km} FOR UPDATE)"));
+                    ctes.push(format!("e{i} AS MATERIALIZED (SELECT body AS b0, {cond} AS ok FROM c{i})"));
+                    ctes.push(format!("m{i}_0 AS MATERIALIZED (SELECT CASE WHEN ok THEN b0 END AS b FROM e{i})"));
+                    for (j, m) in mutations.iter().enumerate() {
+                        let expr = st.mutation(m, &format!("m{i}_{j}.b"))?;
+                        ctes.push(format!("m{i}_{} AS MATERIALIZED (SELECT {expr} AS b FROM m{i}_{j})", j + 1));
+                    }
+                    let last = format!("m{i}_{}", mutations.len());
+                    let max = match &max {
+                        Some(max) => max.clone(),
+                        None => {
+                            max.insert(st.int(i64::try_from(self.shared.max_item_bytes).unwrap_or(i64::MAX))?).clone()
+                        }
+                    };
+                    let fits = sql::fits(&format!("{last}.b"), &max);
+                    ctes.push(format!(
+                        "f{i} AS MATERIALIZED (SELECT e{i}.b0, e{i}.ok, {last}.b AS new, {fits} AS fits FROM e{i}, {last})"
+                    ));
+                    ctes.push(format!(
+                        "s{i} AS MATERIALIZED (SELECT CASE WHEN f.b0 IS NULL THEN 1 WHEN NOT f.ok THEN 2 \
+                         WHEN f.new IS NULL THEN 3 WHEN NOT f.fits THEN 4 ELSE 0 END AS st, \
+                         CASE WHEN f.ok AND f.new IS NOT NULL AND f.fits THEN NULL ELSE f.b0::text END AS cur \
+                         FROM (SELECT 1) AS one LEFT JOIN f{i} AS f ON true)"
+                    ));
+                    writes.push(format!(
+                        "w{i} AS (UPDATE {t} SET body = f{i}.new FROM f{i}, g WHERE {km} AND g.go RETURNING 1)"
+                    ));
+                }
+                WriteOp::Delete { key, conditions } if !conditions.is_empty() => {
+                    let km = st.key(ns, key.table.as_str(), &key.partition, &key.sort)?;
+                    let cond = st.conditions(conditions, "body")?;
+                    // An absent item is decided by the reference evaluator here.
+                    let absent = if conditions_hold(conditions, None) { 0 } else { 2 };
+                    ctes.push(format!("c{i} AS MATERIALIZED (SELECT body FROM {t} WHERE {km} FOR UPDATE)"));
+                    ctes.push(format!("e{i} AS MATERIALIZED (SELECT body AS b0, {cond} AS ok FROM c{i})"));
+                    ctes.push(format!(
+                        "s{i} AS MATERIALIZED (SELECT CASE WHEN e.b0 IS NULL THEN {absent} WHEN NOT e.ok THEN 2 ELSE 0 END AS st, \
+                         CASE WHEN e.ok THEN NULL ELSE e.b0::text END AS cur FROM (SELECT 1) AS one LEFT JOIN e{i} AS e ON true)"
+                    ));
+                    writes.push(format!("w{i} AS (DELETE FROM {t} USING g WHERE {km} AND g.go RETURNING 1)"));
+                }
+                WriteOp::Delete { key, .. } => {
+                    let km = st.key(ns, key.table.as_str(), &key.partition, &key.sort)?;
+                    ctes.push(format!("s{i} AS MATERIALIZED (SELECT 0 AS st, NULL::text AS cur)"));
+                    writes.push(format!("w{i} AS (DELETE FROM {t} USING g WHERE {km} AND g.go RETURNING 1)"));
+                }
+                WriteOp::Put { key, item, mode } => {
+                    let values = st.key_values(ns, key.table.as_str(), &key.partition, &key.sort)?;
+                    let body = st.body(codec::encode_item(item))?;
+                    let insert =
+                        format!("INSERT INTO {t} (ns, tbl, pk, sk, body) SELECT {values}, {body} FROM g WHERE g.go");
+                    match mode {
+                        PutMode::Overwrite => {
+                            ctes.push(format!("s{i} AS MATERIALIZED (SELECT 0 AS st, NULL::text AS cur)"));
+                            writes.push(format!(
+                                "w{i} AS ({insert} ON CONFLICT (ns, tbl, pk, sk) DO UPDATE SET body = EXCLUDED.body RETURNING 1)"
+                            ));
+                        }
+                        PutMode::Create => {
+                            let km = st.key(ns, key.table.as_str(), &key.partition, &key.sort)?;
+                            ctes.push(format!("c{i} AS MATERIALIZED (SELECT body FROM {t} WHERE {km} FOR UPDATE)"));
+                            ctes.push(format!(
+                                "s{i} AS MATERIALIZED (SELECT CASE WHEN c.body IS NULL THEN 0 ELSE 2 END AS st, c.body::text AS cur \
+                                 FROM (SELECT 1) AS one LEFT JOIN c{i} AS c ON true)"
+                            ));
+                            // No ON CONFLICT: a row committed by a racing creator
+                            // after our snapshot fails the whole statement (23505).
+                            writes.push(format!("w{i} AS ({insert} RETURNING 1)"));
+                        }
+                    }
+                }
+            }
+        }
+        let all: Vec<String> = (0..ops.len()).map(|i| format!("s{i}.st = 0")).collect();
+        let from: Vec<String> = (0..ops.len()).map(|i| format!("s{i}")).collect();
+        ctes.push(format!("g AS MATERIALIZED (SELECT {} AS go FROM {})", all.join(" AND "), from.join(", ")));
+        ctes.extend(writes);
+        let mut columns = vec!["g.go".to_owned()];
+        for i in 0..ops.len() {
+            columns.push(format!("s{i}.st, s{i}.cur, (SELECT count(*) FROM w{i})"));
+        }
+        st.sql = format!("WITH {} SELECT {} FROM g, {}", ctes.join(", "), columns.join(", "), from.join(", "));
+        Ok(Some(st))
+    }
+
+    /// Run [`PostgresStore::batch_statement`]; `Ok(false)`: run the batch as a transaction instead.
+    async fn transact_in_one_statement(&self, ops: &[WriteOp]) -> StoreResult<bool> {
+        let Some(st) = self.batch_statement(ops)? else {
+            return Ok(false);
+        };
+        let mut conn = self.conn().await?;
+        let row = match run_optional(&mut conn, st, Phase::Write).await {
+            Ok(row) => row.ok_or_else(|| StoreError::corrupt("the batch statement returned no row"))?,
+            // A unique violation: a create raced a creator that committed
+            // during the statement. The statement applied nothing.
+            Err(e) if e.kind() == ErrorKind::ConditionFailed => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let go: bool = row.try_get(0).map_err(|e| map_err(e, Phase::Write))?;
+        for (i, op) in ops.iter().enumerate() {
+            let st: i32 = row.try_get(1 + 3 * i).map_err(|e| map_err(e, Phase::Write))?;
+            let written: i64 = row.try_get(3 + 3 * i).map_err(|e| map_err(e, Phase::Write))?;
+            if go {
+                if matches!(op, WriteOp::Update { .. }) && written != 1 {
+                    return Err(StoreError::new(ErrorKind::Conflict, "a locked row was not updated; retry"));
+                }
+                continue;
+            }
+            let current = decode_optional(&row, 2 + 3 * i)?;
+            match (st, op) {
+                (0, _) => continue,
+                (1, _) => return Err(StoreError::new(ErrorKind::NotFound, "update of a missing item")),
+                (2, _) => return Err(StoreError::condition_failed(current)),
+                (3, WriteOp::Update { mutations, .. }) => {
+                    if let Some(current) = &current {
+                        check_mutations(current, mutations)?;
+                    }
+                    return Err(StoreError::invalid("a mutation does not fit the item's attribute types"));
+                }
+                (4, _) => {
+                    return Err(StoreError::new(
+                        ErrorKind::TooLarge,
+                        format!(
+                            "an updated item would exceed the store's limit of {} bytes",
+                            self.shared.max_item_bytes
+                        ),
+                    ));
+                }
+                (code, _) => return Err(StoreError::corrupt(format!("unexpected batch status {code}"))),
+            }
+        }
+        if go { Ok(true) } else { Err(StoreError::corrupt("the batch was refused but no op failed")) }
+    }
+
     async fn write_one(&self, op: WriteOp) -> StoreResult<Written> {
         let mut conn = self.conn().await?;
         self.apply(&mut conn, &op, Phase::Write).await
@@ -528,13 +701,22 @@ impl StateStore for PostgresStore {
         Ok(Page { items, next })
     }
 
+    /// Ops on distinct keys: one statement (see
+    /// [`PostgresStore::batch_statement`]), one round trip. Otherwise (a key
+    /// repeated, an oversize put, or a create that raced another creator):
     /// `BEGIN`, one statement per op, `COMMIT` (n + 2 round trips with sqlx,
     /// which does not pipeline). A failed op rolls everything back and its
     /// error is returned; a connection lost before `COMMIT` was sent rolls
     /// back on the server (`Unavailable`), one lost during `COMMIT` is
     /// `Indeterminate`.
     async fn transact(&self, ops: Vec<WriteOp>) -> StoreResult<()> {
-        if ops.is_empty() {
+        match ops.len() {
+            0 => return Ok(()),
+            // One statement is atomic by itself.
+            1 => return self.write_one(ops.into_iter().next().expect("one op")).await.map(|_| ()),
+            _ => {}
+        }
+        if self.transact_in_one_statement(&ops).await? {
             return Ok(());
         }
         let mut conn = self.conn().await?;

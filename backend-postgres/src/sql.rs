@@ -32,18 +32,49 @@ pub(crate) struct Stmt {
     pub sql: String,
     pub args: PgArguments,
     next: usize,
+    /// First parameter that must appear as `$n::` (the preset key is `$1`–`$4`).
+    check_from: usize,
 }
 
 impl Stmt {
     /// A statement whose first four parameters are the key: `$1` namespace,
     /// `$2` table, `$3` partition, `$4` sort.
     pub fn with_key(ns: &str, table: &str, partition: &[u8], sort: &[u8]) -> StoreResult<Self> {
-        let mut st = Self { sql: String::new(), args: PgArguments::default(), next: 1 };
+        let mut st = Self { sql: String::new(), args: PgArguments::default(), next: 1, check_from: 5 };
         st.bind(ns.to_owned())?;
         st.bind(table.to_owned())?;
         st.bind(partition.to_vec())?;
         st.bind(sort.to_vec())?;
         Ok(st)
+    }
+
+    /// A statement with no preset parameters (keys are bound with [`Stmt::key`]).
+    pub fn empty() -> Self {
+        Self { sql: String::new(), args: PgArguments::default(), next: 1, check_from: 1 }
+    }
+
+    /// Bind one key; returns `ns = $a::text AND tbl = $b::text AND pk = $c::bytea AND sk = $d::bytea`.
+    pub fn key(&mut self, ns: &str, table: &str, partition: &[u8], sort: &[u8]) -> StoreResult<String> {
+        let ns = self.bind(ns.to_owned())?;
+        let tbl = self.bind(table.to_owned())?;
+        let pk = self.bind(partition.to_vec())?;
+        let sk = self.bind(sort.to_vec())?;
+        Ok(format!("ns = ${ns}::text AND tbl = ${tbl}::text AND pk = ${pk}::bytea AND sk = ${sk}::bytea"))
+    }
+
+    /// Bind a key's four parts as a value list: `$a::text, $b::text, $c::bytea, $d::bytea`.
+    pub fn key_values(&mut self, ns: &str, table: &str, partition: &[u8], sort: &[u8]) -> StoreResult<String> {
+        let ns = self.bind(ns.to_owned())?;
+        let tbl = self.bind(table.to_owned())?;
+        let pk = self.bind(partition.to_vec())?;
+        let sk = self.bind(sort.to_vec())?;
+        Ok(format!("${ns}::text, ${tbl}::text, ${pk}::bytea, ${sk}::bytea"))
+    }
+
+    /// Bind an encoded item body: `$n::jsonb`.
+    pub fn body(&mut self, encoded: String) -> StoreResult<String> {
+        let n = self.bind(encoded)?;
+        Ok(format!("${n}::jsonb"))
     }
 
     fn bind<T>(&mut self, value: T) -> StoreResult<usize>
@@ -60,7 +91,7 @@ impl Stmt {
     /// infers a prepared statement's parameter count from the text, and a
     /// bound but unreferenced parameter fails the `Bind`.
     pub fn all_params_referenced(&self) -> bool {
-        (5..self.next).all(|n| self.sql.contains(&format!("${n}::")))
+        (self.check_from..self.next).all(|n| self.sql.contains(&format!("${n}::")))
     }
 
     /// Bind a (escaped) name or string: `$n::text`.

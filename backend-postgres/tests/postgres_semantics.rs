@@ -357,6 +357,60 @@ async fn contention_returns_the_latest_row_and_loses_no_update() {
     assert_eq!(store.get(&k).await.unwrap().unwrap().get_i64("n"), Some(20 + 160));
 }
 
+/// Batches (one statement on distinct keys) that all create one key race:
+/// exactly one batch applies, every other is refused as a whole with the
+/// winner's item, including when the winner commits during a loser's
+/// statement (the unique-violation fallback).
+#[tokio::test]
+async fn racing_batches_apply_all_or_nothing_with_one_winner() {
+    let Some(url) = server_url() else { return };
+    let store = Arc::new(open(&url, |c| c.with_pool_max(16)).await);
+    for round in 0..10 {
+        let shared = key(&format!("shared{round}"));
+        let barrier = Arc::new(tokio::sync::Barrier::new(10));
+        let tasks: Vec<_> = (0..10)
+            .map(|i| {
+                let (store, shared, barrier) = (Arc::clone(&store), shared.clone(), Arc::clone(&barrier));
+                tokio::spawn(async move {
+                    let own = key(&format!("own{round}-{i}"));
+                    let ops = vec![
+                        WriteOp::Put { key: own.clone(), item: Item::new().with("by", i), mode: PutMode::Overwrite },
+                        WriteOp::Put { key: shared, item: Item::new().with("winner", i), mode: PutMode::Create },
+                    ];
+                    barrier.wait().await;
+                    let mut result = store.transact(ops.clone()).await;
+                    while matches!(&result, Err(e) if e.kind().is_retryable()) {
+                        result = store.transact(ops.clone()).await;
+                    }
+                    (i, own, result)
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        let mut losers = Vec::new();
+        for t in tasks {
+            let (i, own, result) = t.await.unwrap();
+            match result {
+                Ok(()) => {
+                    assert!(store.get(&own).await.unwrap().is_some(), "a winning batch lost its other op");
+                    winners.push(i);
+                }
+                Err(e) => {
+                    assert_eq!(e.kind(), ErrorKind::ConditionFailed, "{e:?}");
+                    assert_eq!(store.get(&own).await.unwrap(), None, "a refused batch applied its other op");
+                    losers.push(e);
+                }
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}: winners {winners:?}");
+        let stored = store.get(&shared).await.unwrap().expect("the shared item");
+        assert_eq!(stored.get_i64("winner"), Some(winners[0]));
+        for e in losers {
+            assert_eq!(e.current(), Some(&stored), "round {round}: a loser must see the winner's item");
+        }
+    }
+}
+
 /// Native errors map to the contract's kinds.
 #[tokio::test]
 async fn errors_map_to_contract_kinds() {
