@@ -53,6 +53,7 @@ macro_rules! __engine_cases {
             crash_point_sweep_counter,
             transient_faults_are_retried_transparently,
             duplicate_invocations_wait_for_the_live_execution,
+            concurrent_transfers_on_shared_accounts_conserve_money,
             concurrent_executions_of_one_instance_stay_exactly_once,
             concurrent_crashing_writers_match_a_sequential_model,
             crash_point_sweep_bank_transfer_without_batches,
@@ -930,6 +931,38 @@ pub async fn transient_faults_are_retried_transparently(store: Arc<dyn StateStor
     }
     assert!(violations.is_empty(), "{}", violations.join("\n"));
     assert_eq!(h.effects.late_runs(), 0);
+}
+
+pub async fn concurrent_transfers_on_shared_accounts_conserve_money(store: Arc<dyn StateStore>) {
+    let h = Harness::new(store);
+    let setup = h.runtime();
+    let accounts = ["shared-a", "shared-b", "shared-c"];
+    workflows::seed_accounts(&setup, &[(accounts[0], 100), (accounts[1], 100), (accounts[2], 100)]).await.unwrap();
+    // 12 transfers around the ring, each from its own runtime (own caches), all at once.
+    let tasks: Vec<_> = (0..12)
+        .map(|i| {
+            let rt = h.runtime();
+            let t = Transfer { from: accounts[i % 3].into(), to: accounts[(i + 1) % 3].into(), amount: 5 + i as i64 };
+            tokio::spawn(async move {
+                (t.clone(), rt.invoke::<_, TransferResult>("transfer", &t, Some(&format!("ring-{i}"))).await)
+            })
+        })
+        .collect();
+    let mut expected = std::collections::HashMap::from(accounts.map(|a| (a.to_string(), 100i64)));
+    for task in tasks {
+        let (t, r) = task.await.unwrap();
+        let r = r.unwrap();
+        assert!(r.ok, "{t:?} refused: {r:?}");
+        *expected.get_mut(&t.from).unwrap() -= t.amount;
+        *expected.get_mut(&t.to).unwrap() += t.amount;
+    }
+    let mut total = 0;
+    for a in accounts {
+        let b = workflows::balance(&setup, a).await.unwrap();
+        assert_eq!(b, expected[a], "account {a}");
+        total += b;
+    }
+    assert_eq!(total, 300, "money conserved");
 }
 
 pub async fn duplicate_invocations_wait_for_the_live_execution(store: Arc<dyn StateStore>) {

@@ -1,7 +1,7 @@
 //! Reference workflows the engine scenarios, crash sweeps, multi-process kill
-//! tests, benchmarks and the demo share: a bank transfer (two reads, a
-//! conditional debit, a credit, a side-effect step, a synchronous audit call)
-//! and a counter (read, then write the increment).
+//! tests and benchmarks share: a bank transfer (read and conditionally debit
+//! one account, read and conditionally credit the other, a side-effect step, a
+//! synchronous audit call) and a counter (read, then write the increment).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -91,20 +91,54 @@ impl Effects {
     }
 }
 
-/// The transfer handler.
-pub async fn transfer(ctx: Context, t: Transfer, effects: Arc<Effects>) -> Result<TransferResult> {
-    let from: i64 = ctx.read(ACCOUNTS, &t.from).await?.unwrap_or(0);
-    let to: i64 = ctx.read(ACCOUNTS, &t.to).await?.unwrap_or(0);
-    let guard = Predicate::value().eq(from).and(Predicate::value().ge(t.amount));
-    if !ctx.cond_write(ACCOUNTS, &t.from, &(from - t.amount), guard).await? {
-        return Ok(TransferResult { ok: false, from_balance: from, receipt: None, audited_at: None });
+/// Most compare-and-swap attempts per account before the transfer gives up
+/// (a deterministic, recorded outcome like any other).
+const MAX_CAS_ATTEMPTS: usize = 1000;
+
+/// The condition "the balance is still what we read" (absent reads as 0).
+fn unchanged(read: Option<i64>) -> Predicate {
+    match read {
+        Some(v) => Predicate::value().eq(v),
+        None => Predicate::value().missing(),
     }
-    ctx.write(ACCOUNTS, &t.to, &(to + t.amount)).await?;
+}
+
+/// The transfer handler. Both balance changes are compare-and-swap loops on
+/// the value read, so concurrent transfers touching one account serialize
+/// instead of losing updates; every attempt is logged, so a replay retraces
+/// the same path.
+pub async fn transfer(ctx: Context, t: Transfer, effects: Arc<Effects>) -> Result<TransferResult> {
+    let mut from_balance = None;
+    for _ in 0..MAX_CAS_ATTEMPTS {
+        let read: Option<i64> = ctx.read(ACCOUNTS, &t.from).await?;
+        let from = read.unwrap_or(0);
+        if from < t.amount {
+            return Ok(TransferResult { ok: false, from_balance: from, receipt: None, audited_at: None });
+        }
+        if ctx.cond_write(ACCOUNTS, &t.from, &(from - t.amount), unchanged(read)).await? {
+            from_balance = Some(from - t.amount);
+            break;
+        }
+    }
+    let Some(from_balance) = from_balance else {
+        return Err(flowstate_core::Error::handler("debit kept conflicting"));
+    };
+    let mut credited = false;
+    for _ in 0..MAX_CAS_ATTEMPTS {
+        let read: Option<i64> = ctx.read(ACCOUNTS, &t.to).await?;
+        if ctx.cond_write(ACCOUNTS, &t.to, &(read.unwrap_or(0) + t.amount), unchanged(read)).await? {
+            credited = true;
+            break;
+        }
+    }
+    if !credited {
+        return Err(flowstate_core::Error::handler("credit kept conflicting"));
+    }
     let receipt: String = ctx.step("charge", |key| async move { effects.charge(key).await }).await?;
     let record =
         AuditRecord { transfer: ctx.instance_id().as_str().to_string(), from: t.from, to: t.to, amount: t.amount };
     let audited_at: u64 = ctx.invoke("audit", &record).await?;
-    Ok(TransferResult { ok: true, from_balance: from - t.amount, receipt: Some(receipt), audited_at: Some(audited_at) })
+    Ok(TransferResult { ok: true, from_balance, receipt: Some(receipt), audited_at: Some(audited_at) })
 }
 
 /// The audit handler: writes the record under the transfer's id.
