@@ -255,6 +255,46 @@ start_postgres() {
 }
 SERVICES+=(postgres)
 
+# ---- Cosmos DB (HTTP smoke lane) ----------------------------------------------
+# @vercel/cosmosdb-server (version pinned by tools/cosmos-server/package-lock.json)
+# behind Flowstate's request/response-rewriting wrapper tools/cosmos-server/server.js,
+# on a loopback port the wrapper picks itself (--port 0) and prints: no race for the
+# port. HTTPS with the package's self-signed certificate, HTTP/1.1 only, no auth (any
+# key is accepted; we pass the public emulator key). The full Cosmos conformance
+# suite runs in-process on the SDK's emulator and needs no server; this one serves
+# conformance-tests/tests/cosmos_http.rs. `npm ci` runs only when node_modules is missing.
+COSMOS_KEY_URLENCODED='C2y6yDjf5%2FR%2Bob0N8A7Cgv30VRDJIWEHLM%2B4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw%2FJw%3D%3D'
+
+start_cosmos() {
+    require_binary node nodejs
+    require_binary npm npm
+    local tool="$ROOT/tools/cosmos-server" dir="$RUN_DIR/cosmos" pid port="" i
+    if [[ ! -d "$tool/node_modules/@vercel/cosmosdb-server" ]]; then
+        log "installing the Cosmos test server (npm ci in tools/cosmos-server)"
+        (cd "$tool" && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci failed in tools/cosmos-server"
+    fi
+    mkdir -p "$dir"
+    node "$tool/server.js" --host 127.0.0.1 --port 0 >"$dir/server.out" 2>"$dir/server.log" &
+    pid=$!
+    register_pid "$pid"
+    for ((i = 0; i < 150; i++)); do
+        port=$(sed -n 's|^cosmos-server listening on https://127\.0\.0\.1:\([0-9][0-9]*\)/$|\1|p' "$dir/server.out")
+        [[ -n "$port" ]] && break
+        if ! kill -0 "$pid" 2>/dev/null; then
+            tail -n 20 "$dir/server.log" >&2
+            die "the Cosmos test server exited (log above)"
+        fi
+        sleep 0.1
+    done
+    if [[ -z "$port" ]]; then
+        tail -n 20 "$dir/server.log" >&2
+        die "the Cosmos test server did not start within 15 s (log above)"
+    fi
+    export FLOWSTATE_TEST_COSMOS_ENDPOINT="cosmos://127.0.0.1:$port?key=$COSMOS_KEY_URLENCODED&accept_invalid_certs=true&http2=false"
+    log "Cosmos test server (@vercel/cosmosdb-server $(node -p "require('$tool/node_modules/@vercel/cosmosdb-server/package.json').version"), node $(node --version)) on 127.0.0.1:$port (pid $pid)"
+}
+SERVICES+=(cosmos)
+
 # ---- checks ------------------------------------------------------------------
 # run_phase NAME COMMAND...: run one phase with a header and its elapsed time.
 run_phase() {
