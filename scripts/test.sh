@@ -274,6 +274,7 @@ start_cosmos() {
         (cd "$tool" && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci failed in tools/cosmos-server"
     fi
     mkdir -p "$dir"
+    : >"$dir/server.out" # exists before the loop below reads it
     node "$tool/server.js" --host 127.0.0.1 --port 0 >"$dir/server.out" 2>"$dir/server.log" &
     pid=$!
     register_pid "$pid"
