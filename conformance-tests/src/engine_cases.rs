@@ -33,6 +33,7 @@ macro_rules! __engine_cases {
     ($factory:path) => {
         $crate::__stamp_cases!($factory; engine_cases;
             finished_instance_returns_its_result_without_running_again,
+            a_duplicate_that_ignores_already_finished_makes_no_effect,
             read_replays_the_logged_value,
             write_is_replayed_not_repeated,
             indeterminate_write_is_not_reapplied_over_a_later_write,
@@ -144,6 +145,34 @@ pub async fn finished_instance_returns_its_result_without_running_again(store: A
     // Minted ids are distinct instances.
     let _: String = rt.invoke("hello", "bob", None).await.unwrap();
     assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
+
+pub async fn a_duplicate_that_ignores_already_finished_makes_no_effect(store: Arc<dyn StateStore>) {
+    let h = Harness::new(store);
+    let runs = Arc::new(AtomicU64::new(0));
+    let r = runs.clone();
+    let rt = Runtime::builder(h.store.clone())
+        .clock(h.clock.clone())
+        .config(test_config())
+        .register("stubborn", move |ctx: Context, (): ()| {
+            let r = r.clone();
+            async move {
+                let run = r.fetch_add(1, Ordering::SeqCst);
+                // Ignores every error of its first write, then writes elsewhere
+                // on later runs (a handler bug): a duplicate must still do nothing.
+                let _ = ctx.write("t", "first", &run).await;
+                ctx.write("t", &format!("second-{run}"), &run).await?;
+                Ok(run)
+            }
+        })
+        .build();
+    let first: u64 = rt.invoke("stubborn", &(), Some("stubborn-1")).await.unwrap();
+    let again: u64 = rt.invoke("stubborn", &(), Some("stubborn-1")).await.unwrap();
+    assert_eq!((first, again), (0, 0), "the duplicate returns the recorded outcome");
+    assert_eq!(rt.peek("t", "first").await.unwrap(), Some(json!(0)));
+    for run in 1..runs.load(Ordering::SeqCst) {
+        assert_eq!(rt.peek("t", &format!("second-{run}")).await.unwrap(), None, "duplicate run {run} wrote");
+    }
 }
 
 /// A handler that does `op` then fails transiently on its first execution,

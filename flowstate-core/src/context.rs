@@ -227,6 +227,11 @@ impl Context {
         let mut st = self.inner.state.try_lock().map_err(|_| {
             Error::InvalidInput("context used by two operations at once; await each operation before the next".into())
         })?;
+        if st.superseded.is_some() {
+            // Another execution finished the instance: nothing more may run,
+            // even if the handler ignored the first AlreadyFinished.
+            return Err(Error::AlreadyFinished(self.inner.instance.to_string()));
+        }
         st.next_step = st
             .next_step
             .checked_add(1)
