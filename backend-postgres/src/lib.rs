@@ -142,6 +142,18 @@ impl PostgresStore {
         if let Some(timeout) = config.statement_timeout() {
             options = options.options([("statement_timeout", timeout.as_millis().to_string())]);
         }
+        // One direct connection first: a refused or failed connect surfaces its
+        // real cause here, where the pool would retry until its acquire timeout.
+        let probe = tokio::time::timeout(config.acquire_timeout(), PgConnection::connect_with(&options))
+            .await
+            .map_err(|_| {
+                StoreError::new(
+                    ErrorKind::Unavailable,
+                    format!("no answer from postgres within {:?}", config.acquire_timeout()),
+                )
+            })?
+            .map_err(|e| map_err(e, Phase::Connect))?;
+        let _ = probe.close().await;
         let pool = PgPoolOptions::new()
             .max_connections(config.pool_max.max(1))
             .acquire_timeout(config.acquire_timeout())
