@@ -317,6 +317,9 @@ run_phase() {
 run_checks() {
     run_phase fmt cargo fmt --all -- --check
     run_phase clippy cargo clippy --workspace --all-targets -- -D warnings
+    # The facade's optional backends that its default features leave out
+    # (their crates are already checked above, so this is quick).
+    run_phase clippy-facade cargo clippy -p flowstate --all-targets --features memory,cosmos -- -D warnings
     run_phase test cargo test --workspace
 }
 

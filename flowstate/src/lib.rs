@@ -55,6 +55,7 @@
 //! |---|---|---|
 //! | `sqlite` (default) | `sqlite://PATH?synchronous=full&busy_timeout_ms=5000&namespace=NAME` | embedded SQLite file (WAL) |
 //! | `postgres` | `postgres://user:password@host:5432/db?schema=flowstate&namespace=NAME&sslmode=...` | PostgreSQL |
+//! | `cosmos` | `cosmos://host:443?key=...&database=...&namespace=NAME` | Azure Cosmos DB |
 //! | `memory` | `memory://` | in-process, gone at exit (tests) |
 //!
 //! [`open_store`] returns an `Arc<dyn StateStore>`, [`open`] a
@@ -90,6 +91,8 @@ pub use flowstate_core::{
     RuntimeBuilder, StateStore, StepKey, SystemClock,
 };
 
+#[cfg(feature = "cosmos")]
+pub use backend_cosmos::{CosmosConfig, CosmosStore};
 /// The in-memory reference store.
 #[cfg(feature = "memory")]
 pub use backend_memory::MemoryStore;

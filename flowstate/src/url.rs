@@ -51,7 +51,8 @@ impl Backend {
             Self::Sqlite => cfg!(feature = "sqlite"),
             Self::Memory => cfg!(feature = "memory"),
             Self::Postgres => cfg!(feature = "postgres"),
-            Self::DynamoDb | Self::Cosmos | Self::Spanner => false,
+            Self::Cosmos => cfg!(feature = "cosmos"),
+            Self::DynamoDb | Self::Spanner => false,
         }
     }
 
