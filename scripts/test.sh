@@ -296,6 +296,52 @@ start_cosmos() {
 }
 SERVICES+=(cosmos)
 
+# ---- DynamoDB (moto) ------------------------------------------------------------
+# moto's DynamoDB server mode from PyPI (pinned), in the project-local venv .venv/
+# (gitignored; pip runs only when that moto version is missing). It runs through
+# backend-dynamodb/testing/moto_server.py: the same server with its requests
+# serialized, because moto_server's threads take no lock between a condition check
+# and the write it guards, and the suite races conditional writes on purpose.
+MOTO_VERSION=5.2.5
+
+start_moto() {
+    local venv="$ROOT/.venv" dir="$RUN_DIR/moto" pid="" port="" attempt i
+    if ! "$venv/bin/python" -c "import importlib.metadata as m, moto.server; assert m.version('moto') == '$MOTO_VERSION'" 2>/dev/null; then
+        require_binary python3 python3
+        if [[ ! -x "$venv/bin/pip" ]]; then
+            rm -rf "$venv"
+            python3 -m venv "$venv" 2>/dev/null || {
+                apt_install python3-venv
+                rm -rf "$venv"
+                python3 -m venv "$venv"
+            } || die "could not create a Python venv in $venv"
+        fi
+        log "installing moto[server]==$MOTO_VERSION into $venv"
+        "$venv/bin/pip" install -q --disable-pip-version-check "moto[server]==$MOTO_VERSION" || die "pip install moto failed"
+    fi
+    mkdir -p "$dir"
+    for attempt in 1 2 3; do
+        port=$(free_port)
+        "$venv/bin/python" "$ROOT/backend-dynamodb/testing/moto_server.py" -H 127.0.0.1 -p "$port" >"$dir/moto.log" 2>&1 &
+        pid=$!
+        register_pid "$pid"
+        for ((i = 0; i < 150; i++)); do
+            kill -0 "$pid" 2>/dev/null || break
+            if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+                export FLOWSTATE_TEST_DYNAMODB_ENDPOINT="http://127.0.0.1:$port"
+                log "moto $MOTO_VERSION (DynamoDB, requests serialized) on 127.0.0.1:$port (pid $pid)"
+                return 0
+            fi
+            sleep 0.1
+        done
+        kill -TERM "$pid" 2>/dev/null || true
+        ((attempt < 3)) && log "moto did not answer on port $port; trying another"
+    done
+    tail -n 20 "$dir/moto.log" >&2
+    die "moto did not start (log above)"
+}
+SERVICES+=(moto)
+
 # ---- checks ------------------------------------------------------------------
 # run_phase NAME COMMAND...: run one phase with a header and its elapsed time.
 run_phase() {
