@@ -15,8 +15,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use backend_memory::MemoryStore;
-use backend_sqlite::{SqliteConfig, SqliteStore};
 use clap::Parser;
 use conformance_tests::measure;
 use flowstate_core::store::{Condition, Item, Key, Mutation, PutMode, StateStore, TableName};
@@ -27,7 +25,8 @@ use serde::Serialize;
 #[derive(Debug, Parser)]
 #[command(name = "flowstate-bench", about = "Flowstate vs raw store: round trips, latency, throughput")]
 struct Args {
-    /// Stores to measure: `memory://`, `sqlite://` (temporary file) or `sqlite://PATH`.
+    /// Stores to measure, by URL: `memory://`, `sqlite://` (a temporary file),
+    /// `sqlite://PATH`, `postgres://…`, `dynamodb://?endpoint=…`, `cosmos://…`.
     #[arg(long = "store", default_values = ["memory://", "sqlite://"])]
     stores: Vec<String>,
     /// Runs per side for the latency median (at least 5).
@@ -68,18 +67,12 @@ struct Throughput {
     ratio: f64,
 }
 
+/// Open a store through the facade; `sqlite://` alone means a fresh file in
+/// a temporary directory.
 async fn open(url: &str, dir: &tempfile::TempDir) -> Result<Arc<dyn StateStore>, String> {
-    let ns = format!("bench_{}", std::process::id());
-    match url {
-        "memory://" => Ok(Arc::new(MemoryStore::new())),
-        u if u.starts_with("sqlite://") => {
-            let path = u.trim_start_matches("sqlite://");
-            let path = if path.is_empty() { dir.path().join("bench.db") } else { path.into() };
-            let config = SqliteConfig::new(path).with_namespace(ns);
-            Ok(Arc::new(SqliteStore::open(config).await.map_err(|e| e.to_string())?))
-        }
-        other => Err(format!("unsupported store URL {other:?} (this bench knows memory:// and sqlite://)")),
-    }
+    let url =
+        if url == "sqlite://" { format!("sqlite://{}", dir.path().join("bench.db").display()) } else { url.into() };
+    flowstate::open_store(&url).await.map_err(|e| e.to_string())
 }
 
 const TABLE: &str = "bench";

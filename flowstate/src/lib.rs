@@ -55,6 +55,7 @@
 //! |---|---|---|
 //! | `sqlite` (default) | `sqlite://PATH?synchronous=full&busy_timeout_ms=5000&namespace=NAME` | embedded SQLite file (WAL) |
 //! | `postgres` | `postgres://user:password@host:5432/db?schema=flowstate&namespace=NAME&sslmode=...` | PostgreSQL |
+//! | `dynamodb` | `dynamodb://?endpoint=http://127.0.0.1:8000&region=us-east-1&prefix=fs_` | Amazon DynamoDB (or LocalStack, moto) |
 //! | `cosmos` | `cosmos://host:443?key=...&database=...&namespace=NAME` | Azure Cosmos DB |
 //! | `memory` | `memory://` | in-process, gone at exit (tests) |
 //!
@@ -93,6 +94,8 @@ pub use flowstate_core::{
 
 #[cfg(feature = "cosmos")]
 pub use backend_cosmos::{CosmosConfig, CosmosStore};
+#[cfg(feature = "dynamodb")]
+pub use backend_dynamodb::{DynamoDbConfig, DynamoDbStore};
 /// The in-memory reference store.
 #[cfg(feature = "memory")]
 pub use backend_memory::MemoryStore;

@@ -246,6 +246,15 @@ async fn open_backend(url: &StoreUrl) -> Result<Arc<dyn StateStore>, OpenError> 
                 PostgresStore::open(config).await.map_err(|source| OpenError::Open { url: url.redacted(), source })?;
             Ok(Arc::new(store))
         }
+        #[cfg(feature = "dynamodb")]
+        crate::url::Backend::DynamoDb => {
+            use backend_dynamodb::{DynamoDbConfig, DynamoDbStore};
+            let config = DynamoDbConfig::from_url(url.expose())
+                .map_err(|e| OpenError::Malformed { url: url.redacted(), reason: e.message().to_string() })?;
+            let store =
+                DynamoDbStore::open(config).await.map_err(|source| OpenError::Open { url: url.redacted(), source })?;
+            Ok(Arc::new(store))
+        }
         #[cfg(feature = "cosmos")]
         crate::url::Backend::Cosmos => {
             use backend_cosmos::{CosmosConfig, CosmosStore};

@@ -52,7 +52,8 @@ impl Backend {
             Self::Memory => cfg!(feature = "memory"),
             Self::Postgres => cfg!(feature = "postgres"),
             Self::Cosmos => cfg!(feature = "cosmos"),
-            Self::DynamoDb | Self::Spanner => false,
+            Self::DynamoDb => cfg!(feature = "dynamodb"),
+            Self::Spanner => false,
         }
     }
 

@@ -139,8 +139,8 @@ fn malformed_url_is_named_clearly() {
         ("sqlite://x.db?synchronous=sometimes", &["malformed store URL", "unknown synchronous mode"]),
         ("mysql://app:hunter2@127.0.0.1/db", &["unknown store URL scheme \"mysql\"", "sqlite"]),
         (
-            "dynamodb://?endpoint=http://127.0.0.1:5000",
-            &["backend dynamodb is not compiled in: enable feature `dynamodb`"],
+            "spanner://projects/p/instances/i/databases/d",
+            &["backend spanner is not compiled in: enable feature `spanner`"],
         ),
     ];
     for (url, expected) in cases {
