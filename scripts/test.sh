@@ -382,4 +382,7 @@ main() {
     run_checks
 }
 
-main "$@"
+# Run unless sourced (scripts/bench.sh reuses the service functions).
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+    main "$@"
+fi

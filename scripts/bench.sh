@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Benchmarks on every backend, in one run: starts the same loopback servers as
+# scripts/test.sh (PostgreSQL, moto, the Cosmos test server), builds the bench
+# in release mode and measures memory, SQLite, PostgreSQL, DynamoDB-on-moto and
+# Cosmos-over-HTTP. Extra arguments go to flowstate-bench (e.g. --runs 9,
+# --json results.json). Timings against moto and the Cosmos test server say
+# little; their round-trip counts and Flowstate/raw ratios do.
+#
+#   scripts/bench.sh [flowstate-bench options]
+set -euo pipefail
+# shellcheck source=scripts/test.sh
+source "$(dirname "${BASH_SOURCE[0]}")/test.sh"
+cd "$ROOT"
+ensure_tools
+start_services
+section "build: cargo build --release -p flowstate-bench"
+cargo build --release -p flowstate-bench
+section "bench"
+target/release/flowstate-bench \
+    --store memory:// \
+    --store sqlite:// \
+    --store "$FLOWSTATE_TEST_POSTGRES_URL" \
+    --store "dynamodb://?endpoint=$FLOWSTATE_TEST_DYNAMODB_ENDPOINT&region=us-east-1&prefix=bench_" \
+    --store "$FLOWSTATE_TEST_COSMOS_ENDPOINT" \
+    "$@"
