@@ -181,7 +181,8 @@ async fn main() -> Result<(), String> {
     let mut reports = Vec::new();
     for url in &args.stores {
         let store = open(url, &dir).await?;
-        println!("== {url} (update strategy {:?})", store.capabilities().update);
+        // Store URLs carry credentials: print them redacted.
+        println!("== {} (update strategy {:?})", flowstate::redact(url), store.capabilities().update);
         let rows = measure::round_trips(store.clone()).await.map_err(|e| e.to_string())?;
         print!("{}", measure::render(&rows));
         let lat = latency(store.clone(), args.runs, args.iterations).await;
@@ -210,7 +211,7 @@ async fn main() -> Result<(), String> {
             }
         }
         reports.push(Report {
-            store: url.clone(),
+            store: flowstate::redact(url),
             round_trips: rows.iter().map(|r| (r.op.to_string(), r.measured, r.target, r.beldi)).collect(),
             latency_us: lat,
             throughput: tput,
