@@ -21,7 +21,7 @@ use flowstate_core::store::{
     TableName, UpdateStrategy, WriteOp,
 };
 use flowstate_core::testing::{FaultMode, FaultPlan, FaultyStore};
-use flowstate_core::{Config, Context, Error, ManualClock, Predicate, Runtime};
+use flowstate_core::{Clock, Config, Context, Error, ManualClock, Predicate, Runtime};
 use serde_json::{Value, json};
 
 use crate::workflows::{self, ACCOUNTS, COUNTERS, Effects, Transfer, TransferResult};
@@ -44,6 +44,7 @@ macro_rules! __engine_cases {
             rows_chain_under_concurrent_writers,
             collector_recovers_crashed_sync_and_async_callees,
             collector_leaves_live_leases_alone,
+            a_panicking_handler_lets_its_lease_lapse,
             gc_collects_finished_instances_and_keeps_results,
             divergent_read_replay_is_rejected,
             divergent_write_replay_is_rejected,
@@ -560,6 +561,41 @@ pub async fn collector_recovers_crashed_sync_and_async_callees(store: Arc<dyn St
         }
     }
     assert!(recovered > 0, "the collector re-drove no instance in {calls} crash points");
+}
+
+pub async fn a_panicking_handler_lets_its_lease_lapse(store: Arc<dyn StateStore>) {
+    // Real time here: the lease renewal task runs on wall-clock sleeps.
+    let lease = Duration::from_millis(150);
+    let panics = Arc::new(AtomicBool::new(true));
+    let p = panics.clone();
+    let rt = Runtime::builder(store)
+        .config(test_config().lease(lease).clock_skew(Duration::from_millis(10)))
+        .register("fragile", move |ctx: Context, (): ()| {
+            let p = p.clone();
+            async move {
+                let n: i64 = ctx.read(COUNTERS, "fragile").await?.unwrap_or(0);
+                ctx.write(COUNTERS, "fragile", &(n + 1)).await?;
+                assert!(!p.load(Ordering::SeqCst), "handler bug: panics after its write");
+                Ok(n + 1)
+            }
+        })
+        .build();
+    let task = {
+        let rt = rt.clone();
+        tokio::spawn(async move { rt.invoke::<_, i64>("fragile", &(), Some("fragile-1")).await })
+    };
+    assert!(task.await.unwrap_err().is_panic());
+    // Several renewal periods later the lease must have lapsed, not been renewed.
+    tokio::time::sleep(lease * 3).await;
+    let id = InstanceId::new("fragile-1").unwrap();
+    let intent = rt.inspect(&id).await.unwrap().intent.expect("intent written");
+    let lease_until = intent.get("lease_until").and_then(Value::as_u64).unwrap();
+    let now = flowstate_core::SystemClock.now_ms();
+    assert!(lease_until <= now, "a dead execution kept renewing its lease ({lease_until} > {now})");
+    // The collector finishes it once the bug is fixed, and the write happened once.
+    panics.store(false, Ordering::SeqCst);
+    assert_eq!(rt.recover().await.unwrap().completed, 1);
+    assert_eq!(rt.peek(COUNTERS, "fragile").await.unwrap(), Some(json!(1)));
 }
 
 pub async fn collector_leaves_live_leases_alone(store: Arc<dyn StateStore>) {

@@ -63,7 +63,19 @@ struct State {
     /// Another execution finished the instance first: its outcome.
     superseded: Option<Outcome>,
     /// The lease renewal task, once registered.
-    heartbeat: Option<tokio::task::JoinHandle<()>>,
+    heartbeat: Option<Heartbeat>,
+}
+
+/// The lease-renewal task of an execution. Aborted when dropped: if the
+/// handler panics and its context is dropped mid-way, the lease must lapse so
+/// the collector can take the instance over.
+#[derive(Debug)]
+struct Heartbeat(tokio::task::JoinHandle<()>);
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// What an instance with an intent needs to (re)register it.
@@ -116,7 +128,9 @@ impl Context {
         pending: bool,
     ) -> Self {
         let heartbeat = match (&registration, pending) {
-            (Some(reg), false) => Some(rt.spawn_heartbeat(instance.clone(), reg.owner.clone(), lease.clone())),
+            (Some(reg), false) => {
+                Some(Heartbeat(rt.spawn_heartbeat(instance.clone(), reg.owner.clone(), lease.clone())))
+            }
             _ => None,
         };
         let pending = pending && registration.is_some();
@@ -185,8 +199,11 @@ impl Context {
         let lease_ms = rt.config().lease.as_millis() as u64;
         self.inner.lease.valid_until.store(rt.now_ms() + lease_ms, Ordering::SeqCst);
         let reg = self.inner.registration.as_ref().expect("registered contexts have a registration");
-        st.heartbeat =
-            Some(rt.spawn_heartbeat(self.inner.instance.clone(), reg.owner.clone(), self.inner.lease.clone()));
+        st.heartbeat = Some(Heartbeat(rt.spawn_heartbeat(
+            self.inner.instance.clone(),
+            reg.owner.clone(),
+            self.inner.lease.clone(),
+        )));
     }
 
     /// Register now if no write did (a handler without effects).
@@ -197,9 +214,7 @@ impl Context {
 
     /// Stop renewing the lease.
     pub(crate) async fn stop_heartbeat(&self) {
-        if let Some(h) = self.inner.state.lock().await.heartbeat.take() {
-            h.abort();
-        }
+        drop(self.inner.state.lock().await.heartbeat.take());
     }
 
     /// The outcome of another execution that finished the instance first.
