@@ -63,6 +63,8 @@ const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS flowstate_items (
 const SELECT_BODY: &str = "SELECT body FROM flowstate_items WHERE ns = ?1 AND tbl = ?2 AND pk = ?3 AND sk = ?4";
 const UPSERT: &str = "INSERT INTO flowstate_items (ns, tbl, pk, sk, body) VALUES (?1, ?2, ?3, ?4, ?5)
     ON CONFLICT (ns, tbl, pk, sk) DO UPDATE SET body = excluded.body";
+const INSERT_NEW: &str = "INSERT INTO flowstate_items (ns, tbl, pk, sk, body) VALUES (?1, ?2, ?3, ?4, ?5)
+    ON CONFLICT (ns, tbl, pk, sk) DO NOTHING";
 const DELETE: &str = "DELETE FROM flowstate_items WHERE ns = ?1 AND tbl = ?2 AND pk = ?3 AND sk = ?4";
 const SCAN_FIRST: &str =
     "SELECT sk, body FROM flowstate_items WHERE ns = ?1 AND tbl = ?2 AND pk = ?3 ORDER BY sk LIMIT ?4";
@@ -211,14 +213,27 @@ impl SqliteStore {
     async fn apply(&self, conn: &mut SqliteConnection, op: &WriteOp) -> StoreResult<Option<Item>> {
         let max = self.shared.max_item_bytes;
         match op {
-            WriteOp::Put { key, item, mode } => {
+            WriteOp::Put { key, item, mode: PutMode::Overwrite } => {
                 check_size(item, max)?;
-                if *mode == PutMode::Create
-                    && let Some(existing) = self.read_item(conn, key).await?
-                {
-                    return Err(StoreError::condition_failed(Some(existing)));
-                }
                 self.write_item(conn, key, item).await?;
+                Ok(None)
+            }
+            WriteOp::Put { key, item, mode: PutMode::Create } => {
+                check_size(item, max)?;
+                // Insert-if-absent in one statement; read only when it refused.
+                let done = sqlx::query(INSERT_NEW)
+                    .bind(self.ns.as_str())
+                    .bind(key.table.as_str())
+                    .bind(key.partition.as_slice())
+                    .bind(key.sort.as_slice())
+                    .bind(item.to_json())
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(map_err)?;
+                if done.rows_affected() == 0 {
+                    let existing = self.read_item(conn, key).await?;
+                    return Err(StoreError::condition_failed(existing));
+                }
                 Ok(None)
             }
             WriteOp::Update { key, conditions, mutations } => {
@@ -233,6 +248,11 @@ impl SqliteStore {
                 check_size(&next, max)?;
                 self.write_item(conn, key, &next).await?;
                 Ok(Some(next))
+            }
+            WriteOp::Delete { key, conditions } if conditions.is_empty() => {
+                // Unconditional: no need to read first.
+                let removed = self.delete_item(conn, key).await?;
+                Ok(removed.then(Item::new))
             }
             WriteOp::Delete { key, conditions } => {
                 let current = self.read_item(conn, key).await?;
