@@ -369,6 +369,14 @@ impl DynamoDbStore {
     /// One `TransactWriteItem` for op `i`, and how to judge its refusal.
     fn tx_item(&self, op: &WriteOp, fallback: Option<&TxFallback>) -> StoreResult<(TransactWriteItem, TxJudge)> {
         let on_fail = ReturnValuesOnConditionCheckFailure::AllOld;
+        // An optional condition as the builder's three optional parts.
+        let optional_parts = |condition: Option<(String, Expr)>| match condition {
+            Some((c, e)) => {
+                let (n, v) = e.into_parts(&[&c]);
+                (Some(c), n, v)
+            }
+            None => (None, None, None),
+        };
         let probe = |key: &Key| -> StoreResult<TransactWriteItem> {
             let mut e = Expr::default();
             let condition = always_false(&mut e);
@@ -386,13 +394,7 @@ impl DynamoDbStore {
         };
         let put = |key: &Key, item: &Item, condition: Option<(String, Expr)>| -> StoreResult<TransactWriteItem> {
             let attrs = codec::encode(key, item).map_err(StoreError::invalid)?;
-            let (condition, names, values) = match condition {
-                Some((c, e)) => {
-                    let (n, v) = e.into_parts(&[&c]);
-                    (Some(c), n, v)
-                }
-                None => (None, None, None),
-            };
+            let (condition, names, values) = optional_parts(condition);
             let put = Put::builder()
                 .table_name(self.table())
                 .set_item(Some(attrs))
@@ -405,13 +407,7 @@ impl DynamoDbStore {
             Ok(TransactWriteItem::builder().put(put).build())
         };
         let delete = |key: &Key, condition: Option<(String, Expr)>| -> StoreResult<TransactWriteItem> {
-            let (condition, names, values) = match condition {
-                Some((c, e)) => {
-                    let (n, v) = e.into_parts(&[&c]);
-                    (Some(c), n, v)
-                }
-                None => (None, None, None),
-            };
+            let (condition, names, values) = optional_parts(condition);
             let delete = Delete::builder()
                 .table_name(self.table())
                 .set_key(Some(codec::key_attrs(key)))
