@@ -496,19 +496,7 @@ impl Context {
         let step = st.next_step;
         let callee = self.inner.instance.child(step);
         let rt = &self.inner.rt;
-        let (entry, replay) = match self.logged(&st, step, &spec).await? {
-            Some(item) => (item, true),
-            None => {
-                let now = rt.now_ms();
-                let item = new_entry(&spec, Value::Null, now)
-                    .with(attr::CALLEE, callee.as_str())
-                    .with(attr::INPUT, input.clone());
-                let logged = self.record_first(&mut st, step, &spec, item.clone()).await?;
-                let replay = logged != item;
-                (logged, replay)
-            }
-        };
-        self.check_input(step, &spec, &entry, &input)?;
+        let (entry, replay) = self.invoke_entry(&mut st, step, &spec, &callee, &input).await?;
         let outcome = match entry.get(attr::RESULT) {
             Some(result) => decode_outcome(result)?,
             None => {
@@ -548,16 +536,7 @@ impl Context {
         let step = st.next_step;
         let callee = self.inner.instance.child(step);
         let rt = &self.inner.rt;
-        let entry = match self.logged(&st, step, &spec).await? {
-            Some(item) => item,
-            None => {
-                let item = new_entry(&spec, Value::Null, rt.now_ms())
-                    .with(attr::CALLEE, callee.as_str())
-                    .with(attr::INPUT, input.clone());
-                self.record_first(&mut st, step, &spec, item).await?
-            }
-        };
-        self.check_input(step, &spec, &entry, &input)?;
+        self.invoke_entry(&mut st, step, &spec, &callee, &input).await?;
         rt.intents().register_async(&callee, function, &input, (&self.inner.instance, step)).await?;
 
         let call = Call { function: function.to_string(), input, instance: callee.clone(), kind: CallKind::Intent };
@@ -565,6 +544,32 @@ impl Context {
             tracing::warn!(instance = %callee, error = %e, "dispatch failed; the collector will start the instance");
         }
         Ok(callee)
+    }
+
+    /// The caller's log entry of an invocation at `step`: the logged one, or a
+    /// new one naming the callee and its input. `true` when it already existed
+    /// (the callee may have run). A logged entry with another input diverges.
+    async fn invoke_entry(
+        &self,
+        st: &mut State,
+        step: u32,
+        spec: &OpSpec,
+        callee: &InstanceId,
+        input: &Value,
+    ) -> Result<(Item, bool)> {
+        let (entry, existed) = match self.logged(st, step, spec).await? {
+            Some(item) => (item, true),
+            None => {
+                let item = new_entry(spec, Value::Null, self.inner.rt.now_ms())
+                    .with(attr::CALLEE, callee.as_str())
+                    .with(attr::INPUT, input.clone());
+                let logged = self.record_first(st, step, spec, item.clone()).await?;
+                let existed = logged != item;
+                (logged, existed)
+            }
+        };
+        self.check_input(step, spec, &entry, input)?;
+        Ok((entry, existed))
     }
 
     fn check_input(&self, step: u32, spec: &OpSpec, entry: &Item, input: &Value) -> Result<()> {
