@@ -47,6 +47,8 @@ use flowstate_core::store::{
     StoreError, StoreResult, TableName, UpdateStrategy, WriteOp,
 };
 use sqlx::Row;
+use sqlx::query::Query;
+use sqlx::sqlite::{Sqlite, SqliteArguments};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
 pub use config::{DEFAULT_MAX_ITEM_BYTES, ENV_NAMESPACE, ENV_PATH, SqliteConfig, Synchronous};
@@ -70,6 +72,9 @@ const SCAN_FIRST: &str =
     "SELECT sk, body FROM flowstate_items WHERE ns = ?1 AND tbl = ?2 AND pk = ?3 ORDER BY sk LIMIT ?4";
 const SCAN_AFTER: &str =
     "SELECT sk, body FROM flowstate_items WHERE ns = ?1 AND tbl = ?2 AND pk = ?3 AND sk > ?5 ORDER BY sk LIMIT ?4";
+
+/// A query on the items table with its arguments bound so far.
+type SqliteQuery<'q> = Query<'q, Sqlite, SqliteArguments>;
 
 /// Shared by every namespace view of one opened file.
 #[derive(Debug)]
@@ -163,15 +168,17 @@ impl SqliteStore {
         Ok(last)
     }
 
-    async fn read_item(&self, conn: &mut SqliteConnection, key: &Key) -> StoreResult<Option<Item>> {
-        let row = sqlx::query(SELECT_BODY)
+    /// `sql` with the item's key bound as `?1..?4` (namespace, table, partition, sort).
+    fn keyed<'q>(&'q self, sql: &'static str, key: &'q Key) -> SqliteQuery<'q> {
+        sqlx::query(sql)
             .bind(self.ns.as_str())
             .bind(key.table.as_str())
             .bind(key.partition.as_slice())
             .bind(key.sort.as_slice())
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(map_err)?;
+    }
+
+    async fn read_item(&self, conn: &mut SqliteConnection, key: &Key) -> StoreResult<Option<Item>> {
+        let row = self.keyed(SELECT_BODY, key).fetch_optional(&mut *conn).await.map_err(map_err)?;
         match row {
             None => Ok(None),
             Some(row) => {
@@ -182,27 +189,12 @@ impl SqliteStore {
     }
 
     async fn write_item(&self, conn: &mut SqliteConnection, key: &Key, item: &Item) -> StoreResult<()> {
-        sqlx::query(UPSERT)
-            .bind(self.ns.as_str())
-            .bind(key.table.as_str())
-            .bind(key.partition.as_slice())
-            .bind(key.sort.as_slice())
-            .bind(item.to_json())
-            .execute(&mut *conn)
-            .await
-            .map_err(map_err)?;
+        self.keyed(UPSERT, key).bind(item.to_json()).execute(&mut *conn).await.map_err(map_err)?;
         Ok(())
     }
 
     async fn delete_item(&self, conn: &mut SqliteConnection, key: &Key) -> StoreResult<bool> {
-        let done = sqlx::query(DELETE)
-            .bind(self.ns.as_str())
-            .bind(key.table.as_str())
-            .bind(key.partition.as_slice())
-            .bind(key.sort.as_slice())
-            .execute(&mut *conn)
-            .await
-            .map_err(map_err)?;
+        let done = self.keyed(DELETE, key).execute(&mut *conn).await.map_err(map_err)?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -221,15 +213,8 @@ impl SqliteStore {
             WriteOp::Put { key, item, mode: PutMode::Create } => {
                 check_size(item, max)?;
                 // Insert-if-absent in one statement; read only when it refused.
-                let done = sqlx::query(INSERT_NEW)
-                    .bind(self.ns.as_str())
-                    .bind(key.table.as_str())
-                    .bind(key.partition.as_slice())
-                    .bind(key.sort.as_slice())
-                    .bind(item.to_json())
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(map_err)?;
+                let done =
+                    self.keyed(INSERT_NEW, key).bind(item.to_json()).execute(&mut *conn).await.map_err(map_err)?;
                 if done.rows_affected() == 0 {
                     let existing = self.read_item(conn, key).await?;
                     return Err(StoreError::condition_failed(existing));
