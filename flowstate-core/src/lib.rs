@@ -7,6 +7,7 @@
 //!   `cond_write`, `step`, `invoke`, `invoke_async`, `now`, `uuid`, `random`.
 //! - [`daal`], [`oplog`], [`intent`], [`invoke`], [`collector`], [`gc`]:
 //!   how exactly-once is achieved, one concept per module.
+//! - [`url_params`]: the `?key=value` part of store URLs, parsed alike by every backend.
 #![cfg_attr(feature = "testing", doc = "- [`testing`]: round-trip counting and fault-injecting store wrappers.")]
 
 pub mod clock;
@@ -24,6 +25,7 @@ pub mod runtime;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod url_params;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use collector::{BackgroundTask, RecoveryReport};
