@@ -13,6 +13,7 @@
 #                   later a Python venv for moto, npm for Cosmos)
 #   start_services  start the local servers the tests need, on 127.0.0.1 (PostgreSQL:
 #                   a throwaway cluster, apt-get postgresql if initdb/pg_ctl are missing;
+#                   the Cosmos test server; moto for DynamoDB; the Cloud Spanner emulator;
 #                   memory and SQLite run in-process)
 #   run_checks      cargo fmt --check, cargo clippy -D warnings, cargo test
 #
@@ -341,6 +342,83 @@ start_moto() {
     die "moto did not start (log above)"
 }
 SERVICES+=(moto)
+
+# ---- Cloud Spanner (emulator) ----------------------------------------------------
+# The Cloud Spanner emulator from Debian's google-cloud-cli-spanner-emulator (part of
+# the machine image; its apt source is not reachable from here, so it is not
+# installed when missing: the Spanner tests then skip, and fail under
+# FLOWSTATE_TEST_REQUIRE=1, saying why). gateway_main spawns emulator_main as a
+# child, so it runs in its own process group (setsid) and the whole group is
+# stopped. The instance and database are created through the emulator's REST admin
+# API; the backend creates its table on first use (DDL, as against real Spanner).
+SPANNER_EMULATOR_DIR="${SPANNER_EMULATOR_DIR:-/usr/lib/google-cloud-sdk/bin/cloud_spanner_emulator}"
+SPANNER_PROJECT=flowstate-test
+SPANNER_INSTANCE=flowstate
+SPANNER_DATABASE=conformance
+
+# spanner_admin METHOD PATH [BODY]: one REST admin call to the emulator; prints the answer.
+spanner_admin() {
+    local method=$1 path=$2 body=${3:-}
+    python3 - "$method" "http://127.0.0.1:$SPANNER_HTTP_PORT/v1/$path" "$body" <<'PY'
+import sys, urllib.request
+method, url, body = sys.argv[1:4]
+req = urllib.request.Request(url, data=body.encode() if body else None, method=method,
+                             headers={"Content-Type": "application/json"})
+try:
+    with urllib.request.urlopen(req, timeout=30) as r:
+        print(r.read().decode())
+except urllib.error.HTTPError as e:
+    sys.exit(f"{method} {url}: HTTP {e.code}: {e.read().decode()[:500]}")
+PY
+}
+
+start_spanner() {
+    local gateway="$SPANNER_EMULATOR_DIR/gateway_main" dir="$RUN_DIR/spanner" pid="" grpc="" attempt i
+    if [[ ! -x "$gateway" || ! -x "$SPANNER_EMULATOR_DIR/emulator_main" ]]; then
+        log "Cloud Spanner emulator not found under $SPANNER_EMULATOR_DIR: the Spanner tests will say so (and fail under FLOWSTATE_TEST_REQUIRE=1)"
+        return 0
+    fi
+    require_binary python3 python3
+    mkdir -p "$dir"
+    for attempt in 1 2 3; do
+        grpc=$(free_port)
+        SPANNER_HTTP_PORT=$(free_port)
+        (cd "$dir" && exec setsid "$gateway" --hostname 127.0.0.1 --grpc_port "$grpc" --http_port "$SPANNER_HTTP_PORT" \
+            --grpc_binary "$SPANNER_EMULATOR_DIR/emulator_main" >"$dir/emulator.log" 2>&1) &
+        pid=$!
+        register_pgid "$pid"
+        for ((i = 0; i < 150; i++)); do
+            kill -0 "$pid" 2>/dev/null || break
+            if (exec 3<>"/dev/tcp/127.0.0.1/$SPANNER_HTTP_PORT") 2>/dev/null && (exec 3<>"/dev/tcp/127.0.0.1/$grpc") 2>/dev/null; then
+                break
+            fi
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null && (exec 3<>"/dev/tcp/127.0.0.1/$SPANNER_HTTP_PORT") 2>/dev/null; then
+            spanner_admin POST "projects/$SPANNER_PROJECT/instances" \
+                "{\"instanceId\":\"$SPANNER_INSTANCE\",\"instance\":{\"config\":\"emulator-config\",\"displayName\":\"flowstate tests\",\"nodeCount\":1}}" >/dev/null ||
+                die "could not create the Spanner instance"
+            spanner_admin POST "projects/$SPANNER_PROJECT/instances/$SPANNER_INSTANCE/databases" \
+                "{\"createStatement\":\"CREATE DATABASE \`$SPANNER_DATABASE\`\"}" >/dev/null ||
+                die "could not create the Spanner database"
+            export SPANNER_EMULATOR_HOST="127.0.0.1:$grpc"
+            export FLOWSTATE_TEST_SPANNER_URL="spanner://projects/$SPANNER_PROJECT/instances/$SPANNER_INSTANCE/databases/$SPANNER_DATABASE"
+            log "Cloud Spanner emulator $(spanner_emulator_version) on 127.0.0.1:$grpc (REST $SPANNER_HTTP_PORT, process group $pid)"
+            return 0
+        fi
+        kill -TERM -- "-$pid" 2>/dev/null || true
+        ((attempt < 3)) && log "the Spanner emulator did not answer on ports $grpc/$SPANNER_HTTP_PORT; trying another"
+    done
+    tail -n 20 "$dir/emulator.log" >&2
+    die "the Spanner emulator did not start (log above)"
+}
+
+# The emulator's Debian package and version (the binaries print no version).
+spanner_emulator_version() {
+    dpkg-query -W -f='(google-cloud-cli-spanner-emulator ${Version})' google-cloud-cli-spanner-emulator 2>/dev/null ||
+        echo "(package version unknown)"
+}
+SERVICES+=(spanner)
 
 # ---- checks ------------------------------------------------------------------
 # run_phase NAME COMMAND...: run one phase with a header and its elapsed time.
