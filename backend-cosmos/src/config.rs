@@ -4,6 +4,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use flowstate_core::store::{StoreError, StoreResult, validate_identifier};
+use flowstate_core::url_params::{self, UrlParams};
 use serde::{Deserialize, Serialize};
 
 /// Default item limit. Cosmos DB accepts documents up to 2 MB (2 097 152
@@ -193,23 +194,18 @@ impl CosmosConfig {
             return Err(StoreError::invalid(format!("cosmos URL {} needs host[:port] and nothing else", redact(url))));
         }
         let mut config = Self { endpoint: format!("https://{authority}/"), ..Self::default() };
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let v = percent_decode(v)?;
+        let params = parse_params(query)?;
+        for (k, v) in params.iter() {
             match k {
-                "key" => config.key = v,
-                "database" => config.database = v,
-                "container_prefix" => config.container_prefix = v,
-                "namespace" => config.namespace = v,
-                "accept_invalid_certs" => config.accept_invalid_certs = parse_bool(k, &v)?,
-                "http2" => config.http2 = parse_bool(k, &v)?,
-                "region" => config.region = v,
-                "max_item_bytes" => {
-                    config.max_item_bytes = v
-                        .parse()
-                        .map_err(|_| StoreError::invalid(format!("cosmos URL parameter {k}={v:?} is not a number")))?
-                }
-                _ => return Err(StoreError::invalid(format!("unknown cosmos URL parameter {k:?}"))),
+                "key" => config.key = v.to_owned(),
+                "database" => config.database = v.to_owned(),
+                "container_prefix" => config.container_prefix = v.to_owned(),
+                "namespace" => config.namespace = v.to_owned(),
+                "accept_invalid_certs" => config.accept_invalid_certs = params.boolean(k, v)?,
+                "http2" => config.http2 = params.boolean(k, v)?,
+                "region" => config.region = v.to_owned(),
+                "max_item_bytes" => config.max_item_bytes = params.number(k, v)?,
+                _ => return Err(params.unknown(k)),
             }
         }
         Ok(config)
@@ -238,17 +234,33 @@ impl CosmosConfig {
 
 /// `url` with the value of a `key=` parameter replaced by `***`.
 pub fn redact(url: &str) -> String {
-    let Some((base, query)) = url.split_once('?') else {
-        return url.to_owned();
-    };
-    let pairs: Vec<String> = query
+    match url.split_once('?') {
+        Some((base, query)) => format!("{base}?{}", redact_query(query)),
+        None => url.to_owned(),
+    }
+}
+
+/// `query` (without `?`) with the value of a `key=` parameter (also spelled
+/// `%6Bey=`) replaced by `***`.
+fn redact_query(query: &str) -> String {
+    let is_key = |name: &str| url_params::percent_decode("cosmos", name).is_ok_and(|n| n == "key");
+    let pairs: Vec<&str> = query
         .split('&')
         .map(|p| match p.split_once('=') {
-            Some(("key", _)) => "key=***".to_owned(),
-            _ => p.to_owned(),
+            Some((name, _)) if is_key(name) => "key=***",
+            _ => p,
         })
         .collect();
-    format!("{base}?{}", pairs.join("&"))
+    pairs.join("&")
+}
+
+/// The query's parameters. The shared parser quotes text it cannot decode;
+/// where that text is the account key, the error names only the parameter.
+fn parse_params(query: &str) -> StoreResult<UrlParams> {
+    UrlParams::parse("cosmos", query).map_err(|_| match UrlParams::parse("cosmos", &redact_query(query)) {
+        Err(e) => e,
+        Ok(_) => StoreError::invalid("cosmos URL parameter key has a bad %-escape or is not UTF-8"),
+    })
 }
 
 /// The host of an `https://host[:port]/…` (or `http://`) endpoint.
@@ -285,35 +297,6 @@ fn validate_name(what: &str, name: &str, min_len: usize) -> StoreResult<()> {
             "invalid {what} {name:?}: {min_len} to {MAX_PREFIX_LEN} characters of [A-Za-z0-9_-]"
         )))
     }
-}
-
-fn parse_bool(key: &str, value: &str) -> StoreResult<bool> {
-    match value {
-        "true" | "1" | "yes" => Ok(true),
-        "false" | "0" | "no" => Ok(false),
-        _ => Err(StoreError::invalid(format!("cosmos URL parameter {key}={value:?} is not a boolean"))),
-    }
-}
-
-fn percent_decode(s: &str) -> StoreResult<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let byte = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| StoreError::invalid("bad %-escape in a cosmos URL parameter"))?;
-            out.push(byte);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| StoreError::invalid("a cosmos URL parameter is not UTF-8"))
 }
 
 #[cfg(test)]
@@ -375,6 +358,18 @@ mod tests {
         assert_eq!(redact("cosmos://h:1?database=d&key=s3cret"), "cosmos://h:1?database=d&key=***");
         let err = CosmosConfig::from_url("cosmos://h:1?key=s3cret&bogus=1").unwrap_err();
         assert!(!err.to_string().contains("s3cret"));
+    }
+
+    #[test]
+    fn undecodable_parameters_are_named_but_the_key_is_not_shown() {
+        for url in ["cosmos://h:1?key=s3cret%zz", "cosmos://h:1?%6Bey=s3cret%ff", "cosmos://h:1?key=s3cret%FF%FE"] {
+            let err = CosmosConfig::from_url(url).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidInput, "{url}");
+            assert!(!err.to_string().contains("s3cret") && err.message().contains("key"), "{url}: {err}");
+        }
+        let err = CosmosConfig::from_url("cosmos://h:1?key=s3cret&database=d%zz").unwrap_err();
+        assert!(!err.to_string().contains("s3cret") && err.message().contains("d%zz"), "{err}");
+        assert_eq!(redact("cosmos://h:1?%6Bey=s3cret"), "cosmos://h:1?key=***");
     }
 
     #[test]

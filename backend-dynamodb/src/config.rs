@@ -4,6 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use flowstate_core::store::{StoreError, StoreResult, validate_identifier};
+use flowstate_core::url_params::{self, UrlParams};
 use serde::{Deserialize, Serialize};
 
 /// Default item limit, in bytes of the contract's JSON encoding
@@ -227,26 +228,25 @@ impl DynamoDbConfig {
         let mut config = Self::default();
         let host = host.trim_end_matches('/');
         if !host.is_empty() {
-            config.region = percent_decode(host)?;
+            config.region = url_params::percent_decode("DynamoDB", host)?;
         }
         let (mut key_id, mut secret, mut token) = (None, None, None);
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let v = percent_decode(v)?;
+        let params = UrlParams::parse("DynamoDB", query)?;
+        for (k, v) in params.iter() {
             match k {
-                "region" => config.region = v,
-                "endpoint" => config.endpoint = Some(v).filter(|e| !e.is_empty()),
-                "prefix" | "table_prefix" => config.table_prefix = v,
-                "namespace" => config.namespace = v,
-                "access_key_id" => key_id = Some(v),
-                "secret_access_key" => secret = Some(v),
-                "session_token" => token = Some(v),
-                "create_table" => config.create_table = parse_bool(k, &v)?,
-                "request_timeout_ms" => config.request_timeout_ms = parse_num(k, &v)?,
-                "connect_timeout_ms" => config.connect_timeout_ms = parse_num(k, &v)?,
-                "throttle_retries" => config.throttle_retries = parse_num(k, &v)?,
-                "max_item_bytes" => config.max_item_bytes = parse_num(k, &v)?,
-                _ => return Err(StoreError::invalid(format!("unknown DynamoDB URL parameter {k:?}"))),
+                "region" => config.region = v.to_owned(),
+                "endpoint" => config.endpoint = Some(v.to_owned()).filter(|e| !e.is_empty()),
+                "prefix" | "table_prefix" => config.table_prefix = v.to_owned(),
+                "namespace" => config.namespace = v.to_owned(),
+                "access_key_id" => key_id = Some(v.to_owned()),
+                "secret_access_key" => secret = Some(v.to_owned()),
+                "session_token" => token = Some(v.to_owned()),
+                "create_table" => config.create_table = params.boolean(k, v)?,
+                "request_timeout_ms" => config.request_timeout_ms = params.number(k, v)?,
+                "connect_timeout_ms" => config.connect_timeout_ms = params.number(k, v)?,
+                "throttle_retries" => config.throttle_retries = params.number(k, v)?,
+                "max_item_bytes" => config.max_item_bytes = params.number(k, v)?,
+                _ => return Err(params.unknown(k)),
             }
         }
         match (key_id, secret) {
@@ -305,41 +305,6 @@ impl DynamoDbConfig {
     pub(crate) fn table_wait(&self) -> Duration {
         Duration::from_millis(self.table_wait_ms)
     }
-}
-
-fn parse_num<T: std::str::FromStr>(key: &str, value: &str) -> StoreResult<T> {
-    value.parse().map_err(|_| StoreError::invalid(format!("DynamoDB URL parameter {key}={value:?} is not a number")))
-}
-
-fn parse_bool(key: &str, value: &str) -> StoreResult<bool> {
-    match value {
-        "true" | "1" | "yes" => Ok(true),
-        "false" | "0" | "no" => Ok(false),
-        _ => Err(StoreError::invalid(format!("DynamoDB URL parameter {key}={value:?} is not true/false"))),
-    }
-}
-
-fn percent_decode(s: &str) -> StoreResult<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
-                let byte = hex
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| StoreError::invalid(format!("bad %-escape in DynamoDB URL part {s:?}")))?;
-                out.push(byte);
-                i += 3;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).map_err(|_| StoreError::invalid(format!("DynamoDB URL part {s:?} is not UTF-8")))
 }
 
 #[cfg(test)]

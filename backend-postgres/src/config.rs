@@ -4,6 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use flowstate_core::store::{StoreError, StoreResult, validate_identifier};
+use flowstate_core::url_params::UrlParams;
 use serde::{Deserialize, Serialize};
 
 /// Default item limit: the memory store's and DynamoDB's 400 KB, so code
@@ -166,23 +167,24 @@ impl PostgresConfig {
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err(StoreError::invalid(format!("not a postgres URL: {} (expected postgres://…)", redact(url))));
         }
-        let (base, query) = match url.split_once('?') {
-            Some((b, q)) => (b, q),
-            None => (url, ""),
-        };
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
         let mut config = Self::new(base);
-        let mut driver = Vec::new();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        // The driver's parameters stay in the URL exactly as written (sqlx
+        // decodes them itself); Flowstate's own are decoded and typed here.
+        let (driver, own): (Vec<&str>, Vec<&str>) = query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .partition(|pair| is_driver_param(pair.split_once('=').map_or(*pair, |(k, _)| k)));
+        let params = UrlParams::parse("postgres", &own.join("&"))?;
+        for (k, v) in params.iter() {
             match k {
-                "schema" => config.schema = percent_decode(v)?,
-                "namespace" => config.namespace = percent_decode(v)?,
-                "pool_max" => config = config.with_pool_max(parse_num(k, v)?),
-                "statement_timeout_ms" => config.statement_timeout_ms = parse_num(k, v)?,
-                "acquire_timeout_ms" => config.acquire_timeout_ms = parse_num(k, v)?,
-                "max_item_bytes" => config.max_item_bytes = parse_num(k, v)?,
-                k if DRIVER_PARAMS.contains(&k) || (k.starts_with("options[") && k.ends_with(']')) => driver.push(pair),
-                _ => return Err(StoreError::invalid(format!("unknown postgres URL parameter {k:?}"))),
+                "schema" => config.schema = v.to_owned(),
+                "namespace" => config.namespace = v.to_owned(),
+                "pool_max" => config = config.with_pool_max(params.number(k, v)?),
+                "statement_timeout_ms" => config.statement_timeout_ms = params.number(k, v)?,
+                "acquire_timeout_ms" => config.acquire_timeout_ms = params.number(k, v)?,
+                "max_item_bytes" => config.max_item_bytes = params.number(k, v)?,
+                _ => return Err(params.unknown(k)),
             }
         }
         if !driver.is_empty() {
@@ -243,28 +245,9 @@ pub fn redact(url: &str) -> String {
     out
 }
 
-fn parse_num<T: std::str::FromStr>(key: &str, value: &str) -> StoreResult<T> {
-    value.parse().map_err(|_| StoreError::invalid(format!("postgres URL parameter {key}={value:?} is not a number")))
-}
-
-fn percent_decode(s: &str) -> StoreResult<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
-            let byte = hex
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| StoreError::invalid(format!("bad %-escape in postgres URL part {s:?}")))?;
-            out.push(byte);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| StoreError::invalid(format!("postgres URL part {s:?} is not UTF-8")))
+/// Whether `key` (as written in the URL) is one of the driver's parameters.
+fn is_driver_param(key: &str) -> bool {
+    DRIVER_PARAMS.contains(&key) || (key.starts_with("options[") && key.ends_with(']'))
 }
 
 #[cfg(test)]
@@ -287,6 +270,14 @@ mod tests {
         let plain = PostgresConfig::from_url("postgresql://u@h/db").unwrap();
         assert_eq!(plain.url, "postgresql://u@h/db");
         assert_eq!(plain.schema, "flowstate");
+    }
+
+    #[test]
+    fn driver_parameters_are_passed_through_undecoded() {
+        let c = PostgresConfig::from_url("postgres://h/db?options=-c%20search_path%3Dx&pool_max=%32&password=50%off")
+            .unwrap();
+        assert_eq!(c.url, "postgres://h/db?options=-c%20search_path%3Dx&password=50%off");
+        assert_eq!(c.pool_max, 2);
     }
 
     #[test]

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use flowstate_core::store::{StoreError, StoreResult};
+use flowstate_core::url_params::{self, UrlParams};
 use serde::{Deserialize, Serialize};
 
 /// Default item limit: the same as the memory store (DynamoDB's 400 KB), so
@@ -132,27 +133,23 @@ impl SqliteConfig {
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
             .ok_or_else(|| StoreError::invalid(format!("not a sqlite URL: {url:?} (expected sqlite://PATH)")))?;
-        let (path, query) = match rest.split_once('?') {
-            Some((p, q)) => (p, Some(q)),
-            None => (rest, None),
-        };
-        let path = percent_decode(path)?;
+        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let path = url_params::percent_decode("sqlite", path)?;
         if path.is_empty() || path == ":memory:" || path.starts_with("file:") {
             return Err(StoreError::invalid(format!(
                 "sqlite URL {url:?} must name a database file: the store is durable and pooled"
             )));
         }
         let mut config = Self::new(path);
-        for pair in query.into_iter().flat_map(|q| q.split('&')).filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let v = percent_decode(v)?;
+        let params = UrlParams::parse("sqlite", query)?;
+        for (k, v) in params.iter() {
             match k {
-                "synchronous" => config.synchronous = Synchronous::parse(&v)?,
-                "busy_timeout_ms" => config.busy_timeout_ms = parse_num(k, &v)?,
-                "pool_size" => config = config.with_pool_size(parse_num(k, &v)?),
-                "max_item_bytes" => config.max_item_bytes = parse_num(k, &v)?,
-                "namespace" => config.namespace = v,
-                _ => return Err(StoreError::invalid(format!("unknown sqlite URL parameter {k:?}"))),
+                "synchronous" => config.synchronous = Synchronous::parse(v)?,
+                "busy_timeout_ms" => config.busy_timeout_ms = params.number(k, v)?,
+                "pool_size" => config = config.with_pool_size(params.number(k, v)?),
+                "max_item_bytes" => config.max_item_bytes = params.number(k, v)?,
+                "namespace" => config.namespace = v.to_owned(),
+                _ => return Err(params.unknown(k)),
             }
         }
         Ok(config)
@@ -168,30 +165,6 @@ impl SqliteConfig {
         }
         Ok(config)
     }
-}
-
-fn parse_num<T: std::str::FromStr>(key: &str, value: &str) -> StoreResult<T> {
-    value.parse().map_err(|_| StoreError::invalid(format!("sqlite URL parameter {key}={value:?} is not a number")))
-}
-
-fn percent_decode(s: &str) -> StoreResult<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
-            let byte = hex
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| StoreError::invalid(format!("bad %-escape in sqlite URL part {s:?}")))?;
-            out.push(byte);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| StoreError::invalid(format!("sqlite URL part {s:?} is not UTF-8")))
 }
 
 #[cfg(test)]
