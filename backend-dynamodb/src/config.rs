@@ -228,7 +228,7 @@ impl DynamoDbConfig {
         let mut config = Self::default();
         let host = host.trim_end_matches('/');
         if !host.is_empty() {
-            config.region = url_params::percent_decode("DynamoDB", host)?;
+            config.region = url_params::percent_decode("DynamoDB", "region", host)?;
         }
         let (mut key_id, mut secret, mut token) = (None, None, None);
         let params = UrlParams::parse("DynamoDB", query)?;

@@ -134,7 +134,7 @@ impl SqliteConfig {
             .or_else(|| url.strip_prefix("sqlite:"))
             .ok_or_else(|| StoreError::invalid(format!("not a sqlite URL: {url:?} (expected sqlite://PATH)")))?;
         let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let path = url_params::percent_decode("sqlite", path)?;
+        let path = url_params::percent_decode("sqlite", "path", path)?;
         if path.is_empty() || path == ":memory:" || path.starts_with("file:") {
             return Err(StoreError::invalid(format!(
                 "sqlite URL {url:?} must name a database file: the store is durable and pooled"

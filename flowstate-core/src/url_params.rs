@@ -1,10 +1,11 @@
 //! Parsing of the `?key=value&…` part of a store URL, shared by the backends'
 //! `from_url` so that every scheme decodes, names and rejects parameters alike.
 //!
-//! Values are percent-decoded (a key or password may hold `+ / = &`); a
-//! malformed escape, a non-UTF-8 value or a value of the wrong type is an
-//! [`ErrorKind::InvalidInput`](crate::store::ErrorKind::InvalidInput) that names
-//! the scheme and the parameter.
+//! Names and values are percent-decoded (a key or password may hold
+//! `+ / = &`); a malformed escape, a non-UTF-8 value or a value of the wrong
+//! type is an [`ErrorKind::InvalidInput`](crate::store::ErrorKind::InvalidInput)
+//! that names the scheme and the parameter. A value that cannot be decoded is
+//! never quoted in the error: it may be a secret.
 
 use std::str::FromStr;
 
@@ -25,8 +26,8 @@ impl UrlParams {
         let mut pairs = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let key = percent_decode(scheme, k)?;
-            let value = percent_decode(scheme, v)?;
+            let key = percent_decode(scheme, "parameter name", k)?;
+            let value = percent_decode(scheme, &format!("parameter {key}"), v)?;
             pairs.push((key, value));
         }
         Ok(Self { scheme, pairs })
@@ -60,8 +61,9 @@ impl UrlParams {
     }
 }
 
-/// Decode `%XX` escapes; the result must be UTF-8.
-pub fn percent_decode(scheme: &str, s: &str) -> StoreResult<String> {
+/// Decode `%XX` escapes; the result must be UTF-8. Errors name `what` (the
+/// part of the URL: "path", "parameter password", ...), never the text.
+pub fn percent_decode(scheme: &str, what: &str, s: &str) -> StoreResult<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -71,7 +73,7 @@ pub fn percent_decode(scheme: &str, s: &str) -> StoreResult<String> {
                 .get(i + 1..i + 3)
                 .and_then(|h| std::str::from_utf8(h).ok())
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| StoreError::invalid(format!("bad %-escape in {scheme} URL part {s:?}")))?;
+                .ok_or_else(|| StoreError::invalid(format!("{scheme} URL {what} has a bad %-escape")))?;
             out.push(byte);
             i += 3;
         } else {
@@ -79,7 +81,7 @@ pub fn percent_decode(scheme: &str, s: &str) -> StoreResult<String> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| StoreError::invalid(format!("{scheme} URL part {s:?} is not UTF-8")))
+    String::from_utf8(out).map_err(|_| StoreError::invalid(format!("{scheme} URL {what} is not UTF-8")))
 }
 
 #[cfg(test)]
@@ -99,11 +101,13 @@ mod tests {
 
     #[test]
     fn bad_input_is_invalid_and_names_the_scheme() {
-        for query in ["a=%zz", "a=%4", "a=%ff"] {
+        for query in ["pasword=s3cret%zz", "pasword=s3cret%4", "pasword=s3cret%ff"] {
             let e = UrlParams::parse("spanner", query).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::InvalidInput, "{query}");
-            assert!(e.message().contains("spanner"), "{e}");
+            assert!(e.message().contains("spanner URL parameter pasword"), "{e}");
+            assert!(!e.message().contains("s3cret"), "the undecodable value is never shown: {e}");
         }
+        assert!(UrlParams::parse("x", "%zz=1").unwrap_err().message().contains("parameter name"));
         let p = UrlParams::parse("spanner", "").unwrap();
         assert!(p.number::<u32>("n", "-1").unwrap_err().message().contains("n=\"-1\""));
         assert_eq!(p.boolean("b", "maybe").unwrap_err().kind(), ErrorKind::InvalidInput);
