@@ -555,6 +555,10 @@ impl StateStore for DynamoDbStore {
             .with_max_page(MAX_PAGE)
     }
 
+    fn requests_sent(&self) -> Option<u64> {
+        Some(self.requests())
+    }
+
     async fn get(&self, key: &Key) -> StoreResult<Option<Item>> {
         Ok(self.get_stored(key).await?.map(|s| s.item))
     }

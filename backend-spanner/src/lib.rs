@@ -519,6 +519,10 @@ impl StateStore for SpannerStore {
             .with_max_page(MAX_PAGE)
     }
 
+    fn requests_sent(&self) -> Option<u64> {
+        Some(self.requests())
+    }
+
     async fn get(&self, key: &Key) -> StoreResult<Option<Item>> {
         let key_set = KeySet { keys: vec![wire::primary_key(&self.ns, key)], ..KeySet::default() };
         let rs = self.read_strong(&["body"], key_set, 0).await?;

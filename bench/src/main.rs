@@ -26,7 +26,8 @@ use serde::Serialize;
 #[command(name = "flowstate-bench", about = "Flowstate vs raw store: round trips, latency, throughput")]
 struct Args {
     /// Stores to measure, by URL: `memory://`, `sqlite://` (a temporary file),
-    /// `sqlite://PATH`, `postgres://…`, `dynamodb://?endpoint=…`, `cosmos://…`.
+    /// `sqlite://PATH`, `postgres://…`, `dynamodb://?endpoint=…`, `cosmos://…`,
+    /// `spanner://projects/P/instances/I/databases/D`.
     #[arg(long = "store", default_values = ["memory://", "sqlite://"])]
     stores: Vec<String>,
     /// Runs per side for the latency median (at least 5).
@@ -46,9 +47,20 @@ struct Args {
 #[derive(Debug, Serialize)]
 struct Report {
     store: String,
-    round_trips: Vec<(String, u64, u64, u64)>,
+    round_trips: Vec<RoundTripRow>,
     latency_us: Latency,
     throughput: Vec<Throughput>,
+}
+
+/// One operation's round trips: store calls, wire requests (where the
+/// backend counts them), our target and Beldi's cost.
+#[derive(Debug, Serialize)]
+struct RoundTripRow {
+    op: String,
+    store_calls: u64,
+    requests: Option<u64>,
+    target: u64,
+    beldi: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -212,7 +224,16 @@ async fn main() -> Result<(), String> {
         }
         reports.push(Report {
             store: flowstate::redact(url),
-            round_trips: rows.iter().map(|r| (r.op.to_string(), r.measured, r.target, r.beldi)).collect(),
+            round_trips: rows
+                .iter()
+                .map(|r| RoundTripRow {
+                    op: r.op.to_string(),
+                    store_calls: r.measured,
+                    requests: r.requests,
+                    target: r.target,
+                    beldi: r.beldi,
+                })
+                .collect(),
             latency_us: lat,
             throughput: tput,
         });

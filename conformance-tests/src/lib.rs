@@ -68,6 +68,9 @@ impl<S: StateStore, G: std::fmt::Debug + Send + Sync + 'static> StateStore for G
     fn capabilities(&self) -> Capabilities {
         self.store.capabilities()
     }
+    fn requests_sent(&self) -> Option<u64> {
+        self.store.requests_sent()
+    }
     async fn get(&self, key: &Key) -> StoreResult<Option<Item>> {
         self.store.get(key).await
     }

@@ -122,6 +122,9 @@ impl<S: StateStore> StateStore for CountingStore<S> {
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
     }
+    fn requests_sent(&self) -> Option<u64> {
+        self.inner.requests_sent()
+    }
     async fn get(&self, key: &Key) -> StoreResult<Option<Item>> {
         self.tick(Primitive::Get);
         self.inner.get(key).await
@@ -285,6 +288,9 @@ impl<S: StateStore> FaultyStore<S> {
 impl<S: StateStore> StateStore for FaultyStore<S> {
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
+    }
+    fn requests_sent(&self) -> Option<u64> {
+        self.inner.requests_sent()
     }
     async fn get(&self, key: &Key) -> StoreResult<Option<Item>> {
         self.run(self.inner.get(key)).await

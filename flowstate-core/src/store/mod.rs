@@ -181,6 +181,15 @@ pub trait StateStore: Debug + Send + Sync + 'static {
     /// What this backend can do.
     fn capabilities(&self) -> Capabilities;
 
+    /// Requests sent to the server so far, where the backend counts them: the
+    /// round trips on the wire, which differ from store calls where a call
+    /// takes several (a Spanner transaction) or a fallback. `None` (the
+    /// default) where every call is one request by construction, or there is
+    /// no server. Wrappers forward it, so benchmarks can print both.
+    fn requests_sent(&self) -> Option<u64> {
+        None
+    }
+
     /// Strongly consistent point read.
     async fn get(&self, key: &Key) -> StoreResult<Option<Item>>;
 
@@ -242,6 +251,9 @@ impl<S: StateStore + ?Sized> StateStoreExt for S {}
 impl<S: StateStore + ?Sized> StateStore for std::sync::Arc<S> {
     fn capabilities(&self) -> Capabilities {
         (**self).capabilities()
+    }
+    fn requests_sent(&self) -> Option<u64> {
+        (**self).requests_sent()
     }
     async fn get(&self, key: &Key) -> StoreResult<Option<Item>> {
         (**self).get(key).await
