@@ -443,7 +443,7 @@ run_checks() {
     run_phase clippy cargo clippy --workspace --all-targets -- -D warnings
     # The facade's optional backends that its default features leave out
     # (their crates are already checked above, so this is quick).
-    run_phase clippy-facade cargo clippy -p flowstate --all-targets --features memory,cosmos,dynamodb -- -D warnings
+    run_phase clippy-facade cargo clippy -p flowstate --all-targets --features memory,cosmos,dynamodb,spanner -- -D warnings
     run_phase test cargo test --workspace
 }
 

@@ -57,6 +57,7 @@
 //! | `postgres` | `postgres://user:password@host:5432/db?schema=flowstate&namespace=NAME&sslmode=...` | PostgreSQL |
 //! | `dynamodb` | `dynamodb://?endpoint=http://127.0.0.1:8000&region=us-east-1&prefix=fs_` | Amazon DynamoDB (or LocalStack, moto) |
 //! | `cosmos` | `cosmos://host:443?key=...&database=...&namespace=NAME` | Azure Cosmos DB |
+//! | `spanner` | `spanner://projects/P/instances/I/databases/D?table=flowstate_items&namespace=NAME` (emulator: `SPANNER_EMULATOR_HOST`) | Google Cloud Spanner |
 //! | `memory` | `memory://` | in-process, gone at exit (tests) |
 //!
 //! [`open_store`] returns an `Arc<dyn StateStore>`, [`open`] a
@@ -102,6 +103,8 @@ pub use backend_memory::MemoryStore;
 /// The PostgreSQL store and its settings.
 #[cfg(feature = "postgres")]
 pub use backend_postgres::{PostgresConfig, PostgresStore};
+#[cfg(feature = "spanner")]
+pub use backend_spanner::{SpannerConfig, SpannerStore};
 /// The embedded SQLite store and its settings.
 #[cfg(feature = "sqlite")]
 pub use backend_sqlite::{SqliteConfig, SqliteStore, Synchronous};

@@ -264,8 +264,19 @@ async fn open_backend(url: &StoreUrl) -> Result<Arc<dyn StateStore>, OpenError> 
                 CosmosStore::open(config).await.map_err(|source| OpenError::Open { url: url.redacted(), source })?;
             Ok(Arc::new(store))
         }
+        #[cfg(feature = "spanner")]
+        crate::url::Backend::Spanner => {
+            use backend_spanner::{SpannerConfig, SpannerStore};
+            let config = SpannerConfig::from_url(url.expose())
+                .map_err(|e| OpenError::Malformed { url: url.redacted(), reason: e.message().to_string() })?;
+            let store =
+                SpannerStore::open(config).await.map_err(|source| OpenError::Open { url: url.redacted(), source })?;
+            Ok(Arc::new(store))
+        }
         #[cfg(feature = "memory")]
         crate::url::Backend::Memory => Ok(Arc::new(backend_memory::MemoryStore::new())),
+        // Reached only in builds that leave a backend out.
+        #[allow(unreachable_patterns)]
         other => Err(OpenError::NotCompiled { backend: other }),
     }
 }

@@ -53,7 +53,7 @@ impl Backend {
             Self::Postgres => cfg!(feature = "postgres"),
             Self::Cosmos => cfg!(feature = "cosmos"),
             Self::DynamoDb => cfg!(feature = "dynamodb"),
-            Self::Spanner => false,
+            Self::Spanner => cfg!(feature = "spanner"),
         }
     }
 
