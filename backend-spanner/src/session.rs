@@ -120,9 +120,13 @@ impl Lease {
         self.name.as_deref().unwrap_or_default()
     }
 
-    /// Forget this session (the service no longer knows it).
+    /// Forget this session, which the service no longer knows, and the idle
+    /// ones too: sessions expire together (an hour idle, or a database-wide
+    /// cleanup), so the next lease makes fresh ones instead of trying each
+    /// stale one in turn.
     pub(crate) fn discard(mut self) {
         self.name = None;
+        self.pool.idle.lock().unwrap_or_else(PoisonError::into_inner).clear();
     }
 }
 
