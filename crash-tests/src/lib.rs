@@ -42,7 +42,8 @@ use rand::{Rng, SeedableRng};
 /// can be taken over (by a restarted worker or the collector) within a second.
 pub const LEASE: Duration = Duration::from_secs(1);
 
-/// Open the store a URL names (`sqlite://PATH` or `postgres://…`) under `namespace`.
+/// Open the store a URL names (`sqlite://PATH`, `postgres://…` or
+/// `spanner://…`, the emulator from `SPANNER_EMULATOR_HOST`) under `namespace`.
 pub async fn open_store(url: &str, namespace: &str) -> StoreResult<Arc<dyn StateStore>> {
     if url.starts_with("sqlite:") {
         let config = SqliteConfig::from_url(url)?.with_namespace(namespace);
@@ -50,6 +51,9 @@ pub async fn open_store(url: &str, namespace: &str) -> StoreResult<Arc<dyn State
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let config = PostgresConfig::from_url(url)?.with_namespace(namespace).with_pool_max(8);
         Ok(Arc::new(PostgresStore::open(config).await?))
+    } else if url.starts_with("spanner://") {
+        let config = backend_spanner::SpannerConfig::from_url(url)?.with_namespace(namespace);
+        Ok(Arc::new(backend_spanner::SpannerStore::open(config).await?))
     } else {
         Err(StoreError::invalid(format!("unsupported store URL {:?}", backend_postgres::redact(url))))
     }
