@@ -38,7 +38,8 @@ pub(crate) fn from_status(status: Status, phase: Phase) -> StoreError {
         Code::Aborted => ErrorKind::Conflict,
         Code::ResourceExhausted => ErrorKind::Throttled,
         Code::InvalidArgument | Code::OutOfRange => ErrorKind::InvalidInput,
-        Code::AlreadyExists | Code::FailedPrecondition => ErrorKind::ConditionFailed,
+        // Only an `insert` of an existing row; the caller fetches the item.
+        Code::AlreadyExists => ErrorKind::ConditionFailed,
         Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Internal | Code::Cancelled
             if phase == Phase::Commit =>
         {
@@ -79,6 +80,12 @@ mod tests {
         assert_eq!(from_status(Status::new(Code::Aborted, "x"), Phase::Commit).kind(), ErrorKind::Conflict);
         assert_eq!(from_status(Status::new(Code::ResourceExhausted, "x"), Phase::Read).kind(), ErrorKind::Throttled);
         assert_eq!(from_status(Status::new(Code::InvalidArgument, "x"), Phase::Read).kind(), ErrorKind::InvalidInput);
+        // Refused for another reason (an expired transaction, a schema change):
+        // nothing applied, and it is not an answer about the data.
+        assert_eq!(
+            from_status(Status::new(Code::FailedPrecondition, "x"), Phase::Commit).kind(),
+            ErrorKind::Unavailable
+        );
         assert!(is_session_gone(&Status::new(Code::NotFound, "Session not found: projects/p/…")));
         assert!(!is_session_gone(&Status::new(Code::NotFound, "Database not found")));
     }

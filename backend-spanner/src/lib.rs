@@ -418,11 +418,13 @@ impl SpannerStore {
     }
 
     /// One single-use `Commit` of one mutation (a blind write: 1 round trip).
-    async fn commit_single_use(&self, op: Operation) -> Result<(), Status> {
+    /// `ALREADY_EXISTS` (an `insert` of an existing row) is `ConditionFailed`
+    /// without the item; a lost answer is `Indeterminate`.
+    async fn commit_single_use(&self, op: Operation) -> StoreResult<()> {
         let options = TransactionOptions { mode: Some(Mode::ReadWrite(ReadWrite::default())), ..Default::default() };
         let mut attempt = 0u32;
         loop {
-            let lease = self.lease().await.map_err(|e| Status::new(Code::Unavailable, e.to_string()))?;
+            let lease = self.lease().await?;
             let request = CommitRequest {
                 session: lease.name().to_owned(),
                 transaction: Some(CommitTransaction::SingleUseTransaction(options.clone())),
@@ -441,7 +443,7 @@ impl SpannerStore {
                     self.shared.aborts.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(backoff(attempt)).await;
                 }
-                Err(status) => return Err(status),
+                Err(status) => return Err(from_status(status, Phase::Commit)),
             }
             attempt += 1;
         }
@@ -536,10 +538,7 @@ impl StateStore for SpannerStore {
         check_size(&item, self.shared.max_item_bytes)?;
         let write = self.write_op(key, &item);
         match mode {
-            PutMode::Overwrite => self
-                .commit_single_use(Operation::InsertOrUpdate(write))
-                .await
-                .map_err(|s| from_status(s, Phase::Commit)),
+            PutMode::Overwrite => self.commit_single_use(Operation::InsertOrUpdate(write)).await,
             PutMode::Create => {
                 // A single-use insert; ALREADY_EXISTS carries no row, so the
                 // existing item costs one more read. If that item is gone by
@@ -547,12 +546,12 @@ impl StateStore for SpannerStore {
                 for _ in 0..3 {
                     match self.commit_single_use(Operation::Insert(write.clone())).await {
                         Ok(()) => return Ok(()),
-                        Err(status) if status.code() == Code::AlreadyExists => {
+                        Err(e) if e.kind() == ErrorKind::ConditionFailed => {
                             if let Some(existing) = self.get(key).await? {
                                 return Err(StoreError::condition_failed(Some(existing)));
                             }
                         }
-                        Err(status) => return Err(from_status(status, Phase::Commit)),
+                        Err(e) => return Err(e),
                     }
                 }
                 Err(StoreError::new(ErrorKind::Conflict, "spanner create kept racing a delete of the same item"))
