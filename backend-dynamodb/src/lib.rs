@@ -64,7 +64,7 @@ use aws_sdk_dynamodb::types::{
     KeyType, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TableStatus,
     TransactWriteItem, Update,
 };
-use flowstate_core::store::eval::{apply_mutations, check_size, conditions_hold};
+use flowstate_core::store::eval::{check_size, conditions_hold, updated};
 use flowstate_core::store::{
     Capabilities, Condition, ErrorKind, Item, Key, Mutation, Page, PageRequest, PutMode, StateStore, StoreError,
     StoreResult, TableName, UpdateStrategy, WriteOp,
@@ -264,16 +264,7 @@ impl DynamoDbStore {
     /// error the contract names (in its order: NotFound, ConditionFailed,
     /// InvalidInput, TooLarge).
     fn judge(&self, conditions: &[Condition], mutations: &[Mutation], current: Option<&Item>) -> StoreResult<Item> {
-        let Some(current) = current else {
-            return Err(StoreError::new(ErrorKind::NotFound, "update of a missing item"));
-        };
-        if !conditions_hold(conditions, Some(current)) {
-            return Err(StoreError::condition_failed(Some(current.clone())));
-        }
-        let mut next = current.clone();
-        apply_mutations(&mut next, mutations)?;
-        check_size(&next, self.inner.max_item_bytes)?;
-        Ok(next)
+        updated(current, conditions, mutations, self.inner.max_item_bytes)
     }
 
     /// Conditional `PutItem` of a whole item at a known version: `Ok(None)`

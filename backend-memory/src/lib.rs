@@ -19,10 +19,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use flowstate_core::store::eval::{apply_mutations, check_size, conditions_hold};
+use flowstate_core::store::eval::{check_size, conditions_hold, updated};
 use flowstate_core::store::{
-    Capabilities, Condition, ErrorKind, Item, Key, Mutation, Page, PageRequest, PutMode, StateStore, StoreError,
-    StoreResult, TableName, WriteOp,
+    Capabilities, Condition, Item, Key, Mutation, Page, PageRequest, PutMode, StateStore, StoreError, StoreResult,
+    TableName, WriteOp,
 };
 
 /// Default item limit: DynamoDB's 400 KB, so code tested on memory fits there.
@@ -88,15 +88,7 @@ fn apply(tables: &mut Tables, op: &WriteOp, max: usize) -> StoreResult<Option<It
         }
         WriteOp::Update { key, conditions, mutations } => {
             let current = tables.get(&(key.table.clone(), key.partition.clone())).and_then(|p| p.get(&key.sort));
-            let Some(current) = current else {
-                return Err(StoreError::new(ErrorKind::NotFound, "update of a missing item"));
-            };
-            if !conditions_hold(conditions, Some(current)) {
-                return Err(StoreError::condition_failed(Some(current.clone())));
-            }
-            let mut next = current.clone();
-            apply_mutations(&mut next, mutations)?;
-            check_size(&next, max)?;
+            let next = updated(current, conditions, mutations, max)?;
             let part = tables.get_mut(&(key.table.clone(), key.partition.clone())).expect("exists");
             part.insert(key.sort.clone(), next.clone());
             Ok(Some(next))

@@ -57,7 +57,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use flowstate_core::store::eval::{apply_mutations, check_size, conditions_hold};
+use flowstate_core::store::eval::{check_size, conditions_hold, updated};
 use flowstate_core::store::{
     Capabilities, Condition, ErrorKind, Item, Key, Mutation, Namespace, Page, PageRequest, PutMode, StateStore,
     StoreError, StoreResult, TableName, UpdateStrategy, WriteOp,
@@ -119,6 +119,30 @@ struct Slot {
     key: Key,
     before: Option<Item>,
     after: Option<Item>,
+}
+
+/// A read-write transaction that has begun and not been committed: dropping
+/// it rolls it back (in the background), whatever the way out.
+struct OpenTxn<'a> {
+    store: &'a SpannerStore,
+    lease: Option<Lease>,
+    txn: Vec<u8>,
+}
+
+impl OpenTxn<'_> {
+    /// Hand the session and transaction to the commit (no rollback then).
+    fn into_commit(mut self) -> (Lease, Vec<u8>) {
+        let lease = self.lease.take().expect("an open transaction holds its session");
+        (lease, std::mem::take(&mut self.txn))
+    }
+}
+
+impl Drop for OpenTxn<'_> {
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            self.store.rollback_later(lease, std::mem::take(&mut self.txn));
+        }
+    }
 }
 
 /// What one attempt of a transaction came to.
@@ -319,25 +343,19 @@ impl SpannerStore {
         if txn.is_empty() {
             return Err(StoreError::new(ErrorKind::Unavailable, "spanner read did not begin a transaction"));
         }
-        let mut slots = match self.slots(keys, &rs) {
-            Ok(slots) => slots,
-            Err(e) => {
-                self.rollback_later(lease, txn);
-                return Err(e);
-            }
-        };
+        // From here on, leaving without a commit (an error, nothing to write,
+        // or the caller dropping this future) rolls the transaction back.
+        let open = OpenTxn { store: self, lease: Some(lease), txn };
+        let mut slots = self.slots(keys, &rs)?;
         let result = match apply(&mut slots) {
             Ok(value) => value,
-            Err(e) => {
-                self.rollback_later(lease, txn);
-                return Ok(Attempt::Done(Err(e)));
-            }
+            Err(e) => return Ok(Attempt::Done(Err(e))),
         };
         let mutations = self.mutations(&slots);
         if mutations.is_empty() {
-            self.rollback_later(lease, txn);
             return Ok(Attempt::Done(Ok(result)));
         }
+        let (lease, txn) = open.into_commit();
         let commit = CommitRequest {
             session: lease.name().to_owned(),
             transaction: Some(CommitTransaction::TransactionId(txn)),
@@ -406,10 +424,13 @@ impl SpannerStore {
     /// returns to the pool when the rollback is done (until then its
     /// transaction holds its locks, and the emulator admits no other).
     fn rollback_later(&self, lease: Lease, txn: Vec<u8>) {
+        // No runtime (the process is shutting down): the service aborts the
+        // transaction once it idles, and the session is not reused.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         self.shared.rollbacks.fetch_add(1, Ordering::Relaxed);
         let mut client = self.shared.pool.client();
         let request = RollbackRequest { session: lease.name().to_owned(), transaction_id: txn };
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             if let Err(e) = client.rollback(request, false, Some(no_retry())).await {
                 tracing::debug!(error = %e, "spanner rollback failed (the transaction expires on its own)");
             }
@@ -495,21 +516,6 @@ fn apply_op(slots: &mut [Slot], op: &WriteOp, max: usize) -> StoreResult<()> {
         }
     }
     Ok(())
-}
-
-/// The item after a conditional update of `current`, checked in the
-/// reference evaluator's order: missing, condition, mutation types, size.
-fn updated(current: Option<&Item>, conditions: &[Condition], mutations: &[Mutation], max: usize) -> StoreResult<Item> {
-    let Some(current) = current else {
-        return Err(StoreError::new(ErrorKind::NotFound, "update of a missing item"));
-    };
-    if !conditions_hold(conditions, Some(current)) {
-        return Err(StoreError::condition_failed(Some(current.clone())));
-    }
-    let mut next = current.clone();
-    apply_mutations(&mut next, mutations)?;
-    check_size(&next, max)?;
-    Ok(next)
 }
 
 #[async_trait]

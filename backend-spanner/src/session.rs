@@ -21,8 +21,11 @@ use gcloud_spanner::apiv1::conn_pool::ConnectionManager;
 use gcloud_spanner::apiv1::spanner_client::Client as GrpcClient;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// Sessions made per `BatchCreateSessions` request when the pool runs dry.
-const CREATE_BATCH: i32 = 4;
+/// Sessions made per `BatchCreateSessions` request when the pool runs dry:
+/// one, so a store holds only as many sessions as it ran transactions at
+/// once (Spanner limits sessions per node, and short-lived processes open
+/// many stores).
+const CREATE_BATCH: i32 = 1;
 
 pub(crate) struct SessionPool {
     conns: ConnectionManager,
@@ -111,6 +114,25 @@ impl SessionPool {
                 tracing::debug!(error = %e, "could not delete a spanner session");
             }
         }
+    }
+}
+
+impl Drop for SessionPool {
+    /// Delete the idle sessions when the last store using the pool goes away
+    /// (best effort, on the current runtime if there is one; the service
+    /// expires what is left after an hour idle).
+    fn drop(&mut self) {
+        let names = std::mem::take(&mut *self.idle.lock().unwrap_or_else(PoisonError::into_inner));
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        if names.is_empty() {
+            return;
+        }
+        let client = self.client();
+        runtime.spawn(async move {
+            for name in names {
+                let _ = client.clone().delete_session(DeleteSessionRequest { name }, false, Some(no_retry())).await;
+            }
+        });
     }
 }
 

@@ -41,10 +41,10 @@ mod error;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use flowstate_core::store::eval::{apply_mutations, check_size, conditions_hold};
+use flowstate_core::store::eval::{check_size, conditions_hold, updated};
 use flowstate_core::store::{
-    Capabilities, Condition, ErrorKind, Item, Key, Mutation, Namespace, Page, PageRequest, PutMode, StateStore,
-    StoreError, StoreResult, TableName, UpdateStrategy, WriteOp,
+    Capabilities, Condition, Item, Key, Mutation, Namespace, Page, PageRequest, PutMode, StateStore, StoreError,
+    StoreResult, TableName, UpdateStrategy, WriteOp,
 };
 use sqlx::Row;
 use sqlx::query::Query;
@@ -222,15 +222,8 @@ impl SqliteStore {
                 Ok(None)
             }
             WriteOp::Update { key, conditions, mutations } => {
-                let Some(current) = self.read_item(conn, key).await? else {
-                    return Err(StoreError::new(ErrorKind::NotFound, "update of a missing item"));
-                };
-                if !conditions_hold(conditions, Some(&current)) {
-                    return Err(StoreError::condition_failed(Some(current)));
-                }
-                let mut next = current;
-                apply_mutations(&mut next, mutations)?;
-                check_size(&next, max)?;
+                let current = self.read_item(conn, key).await?;
+                let next = updated(current.as_ref(), conditions, mutations, max)?;
                 self.write_item(conn, key, &next).await?;
                 Ok(Some(next))
             }

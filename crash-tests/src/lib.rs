@@ -97,12 +97,40 @@ pub fn transfer_input(worker: u32, n: u32, accounts: u32) -> Transfer {
     Transfer { from: account(worker, from), to: account(worker, to), amount: i64::from(1 + (worker + n) % 7) }
 }
 
+/// The kill test every backend runs: 3 workers, 5 000 transfers each over 5
+/// accounts of 20, at most 12 SIGKILLs in 30 s, on a fresh namespace, with
+/// the kill schedule of `FLOWSTATE_CRASH_SEED` (default `0x5eed_c0de`).
+/// `url` gets a temporary directory (for a database file); worker logs go there
+/// too. Asserts that workers were killed mid-run and transfers finished (the
+/// invariants themselves are checked by [`run`]).
+pub fn run_standard(name: &str, worker_bin: &str, url: impl FnOnce(&Path) -> String) -> KillReport {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plan = KillPlan {
+        worker_bin: worker_bin.into(),
+        url: url(dir.path()),
+        namespace: conformance_tests::random_namespace().to_string(),
+        workers: 3,
+        transfers: 5_000,
+        accounts: 5,
+        initial_balance: 20,
+        max_kills: 12,
+        max_duration: Duration::from_secs(30),
+        seed: std::env::var("FLOWSTATE_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_c0de),
+        log_dir: dir.path().to_owned(),
+    };
+    let report = run(&plan);
+    eprintln!("{name} kill test (seed {}): {report:?}", plan.seed);
+    assert!(report.kills > 0, "no worker was killed mid-run: {report:?}");
+    assert!(report.finished > 0, "no transfer finished: {report:?}");
+    report
+}
+
 /// What one kill test does.
 #[derive(Clone, Debug)]
 pub struct KillPlan {
     /// The `worker` binary.
     pub worker_bin: PathBuf,
-    /// Store URL (`sqlite://…` or `postgres://…`).
+    /// Store URL (`sqlite://…`, `postgres://…` or `spanner://…`).
     pub url: String,
     /// Namespace shared by the workers and the checker.
     pub namespace: String,

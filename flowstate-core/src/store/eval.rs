@@ -158,6 +158,30 @@ pub fn apply_mutations(item: &mut Item, mutations: &[Mutation]) -> StoreResult<(
     Ok(())
 }
 
+/// The item a conditional update of `current` writes, or the error the
+/// contract names, checked in this order: missing item (`NotFound`), a false
+/// condition (`ConditionFailed` carrying `current`), a mutation type error
+/// (`InvalidInput`), an oversize result (`TooLarge`). Backends that evaluate
+/// client-side (SQLite, Spanner, the memory store, DynamoDB's judge of a
+/// refusal) call this, so their answers are the reference's by construction.
+pub fn updated(
+    current: Option<&Item>,
+    conditions: &[Condition],
+    mutations: &[Mutation],
+    max_bytes: usize,
+) -> StoreResult<Item> {
+    let Some(current) = current else {
+        return Err(StoreError::new(super::ErrorKind::NotFound, "update of a missing item"));
+    };
+    if !conditions_hold(conditions, Some(current)) {
+        return Err(StoreError::condition_failed(Some(current.clone())));
+    }
+    let mut next = current.clone();
+    apply_mutations(&mut next, mutations)?;
+    check_size(&next, max_bytes)?;
+    Ok(next)
+}
+
 /// Fail with [`ErrorKind::TooLarge`](super::ErrorKind::TooLarge) if the item
 /// is over `max_bytes`.
 pub fn check_size(item: &Item, max_bytes: usize) -> StoreResult<()> {
