@@ -262,8 +262,8 @@ impl SpannerStore {
                 ..ReadRequest::default()
             };
             self.count_request();
-            match self.shared.pool.client().read(request, true, Some(no_retry())).await {
-                Ok(rs) => return Ok(rs.into_inner()),
+            match wire::read(&mut self.shared.pool.client(), request, false).await {
+                Ok(rs) => return Ok(rs),
                 // A vanished session, or a read the service could not serve
                 // (reads change nothing, so repeating one is safe).
                 Err(status) if is_session_gone(&status) && attempt < 3 => lease.discard(),
@@ -330,8 +330,8 @@ impl SpannerStore {
             ..ReadRequest::default()
         };
         self.count_request();
-        let rs = match self.shared.pool.client().read(request, false, Some(no_retry())).await {
-            Ok(rs) => rs.into_inner(),
+        let rs = match wire::read(&mut self.shared.pool.client(), request, true).await {
+            Ok(rs) => rs,
             Err(status) if is_aborted(&status) => return Ok(Attempt::Retry(status)),
             Err(status) if is_session_gone(&status) => {
                 lease.discard();

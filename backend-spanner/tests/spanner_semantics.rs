@@ -312,3 +312,29 @@ async fn missing_database_and_unreachable_server_are_clear_errors() {
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
     assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
 }
+
+/// A `Read` answers with at most 10 MiB; a page of large items must still
+/// come back whole (the store shrinks the page and the cursor continues).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_of_large_items_pages_under_the_reply_limit() {
+    let Some(url) = server_url() else { return };
+    let store = open(&url).await;
+    let big = "x".repeat(store.capabilities().max_item_bytes - 100);
+    let n = 12;
+    for i in 0..n {
+        store.put(&key(&format!("big{i:02}")), Item::new().with("b", big.as_str()), PutMode::Overwrite).await.unwrap();
+    }
+    let (mut seen, mut after, mut pages) = (0, None, 0);
+    loop {
+        let page = store.scan(&TableName::new("sem").unwrap(), b"p", PageRequest { after, limit: 100 }).await.unwrap();
+        pages += 1;
+        seen += page.items.len();
+        assert!(page.items.iter().all(|(_, item)| item.get_str("b").map(str::len) == Some(big.len())));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    eprintln!("{n} items of {} bytes in {pages} pages", big.len());
+    assert_eq!(seen, n);
+}
