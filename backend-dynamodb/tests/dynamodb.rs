@@ -38,6 +38,11 @@ async fn store_with(config: impl FnOnce(DynamoDbConfig) -> DynamoDbConfig) -> Op
     Some(DynamoDbStore::open(config).await.expect("open DynamoDB store"))
 }
 
+/// moto parses a 400 KB item (a list of 130 000 numbers at worst) in seconds,
+/// and serializes requests, so the tests that send such items allow more
+/// than the default 10 s per request: they check sizes, not latency.
+const MOTO_BIG_ITEM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 fn key(sort: &str) -> Key {
     Key::new(TableName::new("t").unwrap(), "p", sort)
 }
@@ -105,7 +110,11 @@ async fn static_type_errors_cost_one_read() {
 #[tokio::test]
 async fn dynamodb_own_size_limit_is_too_large() {
     // A limit above DynamoDB's: DynamoDB's own refusal must still be TooLarge.
-    let Some(store) = store_with(|c| c.with_max_item_bytes(2 * 1024 * 1024)).await else { return };
+    let Some(store) =
+        store_with(|c| c.with_max_item_bytes(2 * 1024 * 1024).with_request_timeout(MOTO_BIG_ITEM_TIMEOUT)).await
+    else {
+        return;
+    };
     let k = key("big");
     let r = store.put(&k, Item::new().with("pad", "x".repeat(500 * 1024)), PutMode::Overwrite).await;
     assert_eq!(r.unwrap_err().kind(), ErrorKind::TooLarge);
@@ -117,7 +126,7 @@ async fn dynamodb_own_size_limit_is_too_large() {
 
 #[tokio::test]
 async fn dense_items_at_the_default_limit_are_accepted() {
-    let Some(store) = store_with(|c| c).await else { return };
+    let Some(store) = store_with(|c| c.with_request_timeout(MOTO_BIG_ITEM_TIMEOUT)).await else { return };
     let max = store.capabilities().max_item_bytes;
     // A list of single digits: the most DynamoDB bytes per JSON byte.
     let empty = Item::new().with("l", json!([])).with("p", "");
