@@ -438,10 +438,10 @@ impl SpannerStore {
         });
     }
 
-    /// One single-use `Commit` of one mutation (a blind write: 1 round trip).
+    /// One single-use `Commit` of blind mutations, atomically (1 round trip).
     /// `ALREADY_EXISTS` (an `insert` of an existing row) is `ConditionFailed`
     /// without the item; a lost answer is `Indeterminate`.
-    async fn commit_single_use(&self, op: Operation) -> StoreResult<()> {
+    async fn commit_single_use(&self, ops: Vec<Operation>) -> StoreResult<()> {
         let options = TransactionOptions { mode: Some(Mode::ReadWrite(ReadWrite::default())), ..Default::default() };
         let mut attempt = 0u32;
         loop {
@@ -449,7 +449,7 @@ impl SpannerStore {
             let request = CommitRequest {
                 session: lease.name().to_owned(),
                 transaction: Some(CommitTransaction::SingleUseTransaction(options.clone())),
-                mutations: vec![SpannerMutation { operation: Some(op.clone()) }],
+                mutations: ops.iter().map(|op| SpannerMutation { operation: Some(op.clone()) }).collect(),
                 ..CommitRequest::default()
             };
             self.count_request();
@@ -544,13 +544,13 @@ impl StateStore for SpannerStore {
         check_size(&item, self.shared.max_item_bytes)?;
         let write = self.write_op(key, &item);
         match mode {
-            PutMode::Overwrite => self.commit_single_use(Operation::InsertOrUpdate(write)).await,
+            PutMode::Overwrite => self.commit_single_use(vec![Operation::InsertOrUpdate(write)]).await,
             PutMode::Create => {
                 // A single-use insert; ALREADY_EXISTS carries no row, so the
                 // existing item costs one more read. If that item is gone by
                 // then, the insert is tried again (bounded).
                 for _ in 0..3 {
-                    match self.commit_single_use(Operation::Insert(write.clone())).await {
+                    match self.commit_single_use(vec![Operation::Insert(write.clone())]).await {
                         Ok(()) => return Ok(()),
                         Err(e) if e.kind() == ErrorKind::ConditionFailed => {
                             if let Some(existing) = self.get(key).await? {
@@ -628,6 +628,28 @@ impl StateStore for SpannerStore {
             }
         }
         let max = self.shared.max_item_bytes;
+        // Puts only, on distinct keys (an instance's intent with its index
+        // entries): no read is needed, so one single-use commit of inserts and
+        // upserts, atomic like any commit. A create that meets an existing row
+        // fails the whole commit; the read-write path then finds the exact
+        // answer (which op, and the item it met).
+        if keys.len() == ops.len() && ops.iter().all(|op| matches!(op, WriteOp::Put { .. })) {
+            let mut writes = Vec::with_capacity(ops.len());
+            for op in &ops {
+                if let WriteOp::Put { key, item, mode } = op {
+                    check_size(item, max)?;
+                    let write = self.write_op(key, item);
+                    writes.push(match mode {
+                        PutMode::Create => Operation::Insert(write),
+                        PutMode::Overwrite => Operation::InsertOrUpdate(write),
+                    });
+                }
+            }
+            match self.commit_single_use(writes).await {
+                Err(e) if e.kind() == ErrorKind::ConditionFailed => {}
+                done => return done,
+            }
+        }
         self.read_write(keys, |slots| ops.iter().try_for_each(|op| apply_op(slots, op, max))).await
     }
 }

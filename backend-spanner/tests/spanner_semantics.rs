@@ -174,6 +174,36 @@ async fn each_primitive_costs_its_declared_requests() {
         }),
     )
     .await;
+    check(
+        "transact of puts only (one single-use commit)",
+        1,
+        Box::pin(async {
+            s.transact(vec![
+                WriteOp::Put { key: key("p1"), item: Item::new(), mode: PutMode::Create },
+                WriteOp::Put { key: key("p2"), item: Item::new().with("n", 7), mode: PutMode::Overwrite },
+            ])
+            .await
+            .unwrap()
+        }),
+    )
+    .await;
+    check(
+        "refused transact of puts (the commit, then the read-write path names the op)",
+        2,
+        Box::pin(async {
+            let e = s
+                .transact(vec![
+                    WriteOp::Put { key: key("p3"), item: Item::new(), mode: PutMode::Create },
+                    WriteOp::Put { key: key("p2"), item: Item::new(), mode: PutMode::Create },
+                ])
+                .await
+                .unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::ConditionFailed);
+            assert_eq!(e.current().and_then(|i| i.get_i64("n")), Some(7), "the item the create met");
+        }),
+    )
+    .await;
+    assert_eq!(store.get(&key("p3")).await.unwrap(), None, "a refused batch writes nothing");
     check("delete", 2, Box::pin(async { assert!(s.delete(&key("c"), &[]).await.unwrap()) })).await;
     check(
         "delete of a missing item (read only)",
