@@ -217,14 +217,21 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Open the backend a URL names (the URL is already known to be compiled in).
 async fn open_backend(url: &StoreUrl) -> Result<Arc<dyn StateStore>, OpenError> {
+    // A config the URL does not make, and a store that does not open; both
+    // name the URL without its secrets (the backends' messages redact too).
+    #[allow(unused_variables, reason = "unused in builds without a server backend")]
+    let malformed = |e: flowstate_core::store::StoreError| OpenError::Malformed {
+        url: url.redacted(),
+        reason: e.message().to_string(),
+    };
+    #[allow(unused_variables, reason = "unused in builds without a server backend")]
+    let open_err = |source| OpenError::Open { url: url.redacted(), source };
     match url.backend() {
         #[cfg(feature = "sqlite")]
         crate::url::Backend::Sqlite => {
             use backend_sqlite::{SqliteConfig, SqliteStore};
             use flowstate_core::store::{ErrorKind, StoreError};
-            let config = SqliteConfig::from_url(url.expose())
-                .map_err(|e| OpenError::Malformed { url: url.redacted(), reason: e.message().to_string() })?;
-            let open_err = |source| OpenError::Open { url: url.redacted(), source };
+            let config = SqliteConfig::from_url(url.expose()).map_err(malformed)?;
             if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty())
                 && !dir.is_dir()
             {
@@ -238,40 +245,23 @@ async fn open_backend(url: &StoreUrl) -> Result<Arc<dyn StateStore>, OpenError> 
         }
         #[cfg(feature = "postgres")]
         crate::url::Backend::Postgres => {
-            use backend_postgres::{PostgresConfig, PostgresStore};
-            // The backend's messages redact the URL themselves.
-            let config = PostgresConfig::from_url(url.expose())
-                .map_err(|e| OpenError::Malformed { url: url.redacted(), reason: e.message().to_string() })?;
-            let store =
-                PostgresStore::open(config).await.map_err(|source| OpenError::Open { url: url.redacted(), source })?;
-            Ok(Arc::new(store))
+            let config = backend_postgres::PostgresConfig::from_url(url.expose()).map_err(malformed)?;
+            Ok(Arc::new(backend_postgres::PostgresStore::open(config).await.map_err(open_err)?))
         }
         #[cfg(feature = "dynamodb")]
         crate::url::Backend::DynamoDb => {
-            use backend_dynamodb::{DynamoDbConfig, DynamoDbStore};
-            let config = DynamoDbConfig::from_url(url.expose())
-                .map_err(|e| OpenError::Malformed { url: url.redacted(), reason: e.message().to_string() })?;
-            let store =
-                DynamoDbStore::open(config).await.map_err(|source| OpenError::Open { url: url.redacted(), source })?;
-            Ok(Arc::new(store))
+            let config = backend_dynamodb::DynamoDbConfig::from_url(url.expose()).map_err(malformed)?;
+            Ok(Arc::new(backend_dynamodb::DynamoDbStore::open(config).await.map_err(open_err)?))
         }
         #[cfg(feature = "cosmos")]
         crate::url::Backend::Cosmos => {
-            use backend_cosmos::{CosmosConfig, CosmosStore};
-            let config = CosmosConfig::from_url(url.expose())
-                .map_err(|e| OpenError::Malformed { url: url.redacted(), reason: e.message().to_string() })?;
-            let store =
-                CosmosStore::open(config).await.map_err(|source| OpenError::Open { url: url.redacted(), source })?;
-            Ok(Arc::new(store))
+            let config = backend_cosmos::CosmosConfig::from_url(url.expose()).map_err(malformed)?;
+            Ok(Arc::new(backend_cosmos::CosmosStore::open(config).await.map_err(open_err)?))
         }
         #[cfg(feature = "spanner")]
         crate::url::Backend::Spanner => {
-            use backend_spanner::{SpannerConfig, SpannerStore};
-            let config = SpannerConfig::from_url(url.expose())
-                .map_err(|e| OpenError::Malformed { url: url.redacted(), reason: e.message().to_string() })?;
-            let store =
-                SpannerStore::open(config).await.map_err(|source| OpenError::Open { url: url.redacted(), source })?;
-            Ok(Arc::new(store))
+            let config = backend_spanner::SpannerConfig::from_url(url.expose()).map_err(malformed)?;
+            Ok(Arc::new(backend_spanner::SpannerStore::open(config).await.map_err(open_err)?))
         }
         #[cfg(feature = "memory")]
         crate::url::Backend::Memory => Ok(Arc::new(backend_memory::MemoryStore::new())),
