@@ -1,7 +1,7 @@
 //! Azure Cosmos DB [`StateStore`] for Flowstate, on the official
 //! `azure_data_cosmos` SDK.
 //!
-//! Layout (see `docs/adr/0005-cosmos-layout.md` and [`codec`]): one container
+//! Layout (see `docs/adr/0005-cosmos-layout.md` and the `codec` module): one container
 //! per namespace (`{container_prefix}{namespace}`, partition key path `/pk`,
 //! created on first use); an item is one document
 //! `{"id": "k<hex sort>", "pk": "<table>.<hex partition>", "v": {…}}`.

@@ -714,7 +714,7 @@ impl StateStore for PostgresStore {
     }
 
     /// Ops on distinct keys: one statement (see
-    /// [`PostgresStore::batch_statement`]), one round trip. Otherwise (a key
+    /// `PostgresStore::batch_statement`), one round trip. Otherwise (a key
     /// repeated, an oversize put, or a create that raced another creator):
     /// `BEGIN`, one statement per op, `COMMIT` (n + 2 round trips with sqlx,
     /// which does not pipeline). A failed op rolls everything back and its

@@ -19,7 +19,7 @@
 //! # fn main() {}
 //! ```
 //!
-//! Cases read [`Capabilities`](flowstate_core::store::Capabilities) to decide
+//! Cases read [`Capabilities`] to decide
 //! what to expect (batch support, current item on a failed condition, ...).
 //!
 //! - [`store_cases`]: the storage primitives, including a property test

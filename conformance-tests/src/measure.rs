@@ -1,5 +1,5 @@
 //! Round trips per engine operation, counted with
-//! [`CountingStore`](flowstate_core::testing::CountingStore) in steady state
+//! [`CountingStore`] in steady state
 //! (tails cached, heads existing). The conformance case asserts the targets;
 //! the bench prints the same table.
 
