@@ -17,13 +17,13 @@ use std::time::Duration;
 use flowstate_core::layout::{self, InstanceId};
 use flowstate_core::retry::RetryPolicy;
 use flowstate_core::store::{
-    Condition, ErrorKind, Item, Key, Mutation, Page, PageRequest, PutMode, StateStore, StoreError, StoreResult,
-    TableName, UpdateStrategy, WriteOp,
+    Condition, ErrorKind, Item, Key, Mutation, PutMode, StateStore, StoreError, StoreResult, UpdateStrategy, WriteOp,
 };
 use flowstate_core::testing::{FaultMode, FaultPlan, FaultyStore};
 use flowstate_core::{Clock, Config, Context, Error, ManualClock, Predicate, Runtime};
 use serde_json::{Value, json};
 
+use crate::intercept::{Hooks, Intercept};
 use crate::workflows::{self, ACCOUNTS, COUNTERS, Effects, Transfer, TransferResult};
 
 /// The engine case list (see the module docs).
@@ -243,51 +243,41 @@ pub async fn write_is_replayed_not_repeated(store: Arc<dyn StateStore>) {
 /// row, then reports `Indeterminate`: the engine's retry must find its entry
 /// and not apply its (now stale) value again.
 #[derive(Debug)]
-struct InterleavingStore {
-    inner: Arc<dyn StateStore>,
+struct Interleaving {
     armed: AtomicBool,
 }
 
 #[async_trait::async_trait]
-impl StateStore for InterleavingStore {
-    fn capabilities(&self) -> flowstate_core::store::Capabilities {
-        self.inner.capabilities()
-    }
-    async fn get(&self, key: &Key) -> StoreResult<Option<Item>> {
-        self.inner.get(key).await
-    }
-    async fn put(&self, key: &Key, item: Item, mode: PutMode) -> StoreResult<()> {
-        self.inner.put(key, item, mode).await
-    }
-    async fn update(&self, key: &Key, conditions: &[Condition], mutations: &[Mutation]) -> StoreResult<Item> {
-        let out = self.inner.update(key, conditions, mutations).await?;
+impl Hooks for Interleaving {
+    async fn update(
+        &self,
+        inner: &dyn StateStore,
+        key: &Key,
+        conditions: &[Condition],
+        mutations: &[Mutation],
+    ) -> StoreResult<Item> {
+        let out = inner.update(key, conditions, mutations).await?;
         if key.table == *layout::DATA {
-            self.intrude(key).await?;
+            self.intrude(inner, key).await?;
         }
         Ok(out)
     }
-    async fn delete(&self, key: &Key, conditions: &[Condition]) -> StoreResult<bool> {
-        self.inner.delete(key, conditions).await
-    }
-    async fn scan(&self, table: &TableName, partition: &[u8], page: PageRequest) -> StoreResult<Page> {
-        self.inner.scan(table, partition, page).await
-    }
-    async fn transact(&self, ops: Vec<WriteOp>) -> StoreResult<()> {
+    async fn transact(&self, inner: &dyn StateStore, ops: Vec<WriteOp>) -> StoreResult<()> {
         let data_key = ops.iter().find_map(|op| match op {
             WriteOp::Update { key, .. } if key.table == *layout::DATA => Some(key.clone()),
             _ => None,
         });
-        self.inner.transact(ops).await?;
+        inner.transact(ops).await?;
         match data_key {
-            Some(key) => self.intrude(&key).await,
+            Some(key) => self.intrude(inner, &key).await,
             None => Ok(()),
         }
     }
 }
 
-impl InterleavingStore {
+impl Interleaving {
     /// Once armed: another writer overwrites the row, and our reply is lost.
-    async fn intrude(&self, key: &Key) -> StoreResult<()> {
+    async fn intrude(&self, inner: &dyn StateStore, key: &Key) -> StoreResult<()> {
         if !self.armed.swap(false, Ordering::SeqCst) {
             return Ok(());
         }
@@ -296,7 +286,7 @@ impl InterleavingStore {
             Mutation::SetEntry { map: layout::row::LOG.into(), entry: "1:intruder".into(), value: json!({"k": "w"}) },
             Mutation::Add(layout::row::COUNT.into(), 1),
         ];
-        self.inner.update(key, &[], &intruder).await?;
+        inner.update(key, &[], &intruder).await?;
         Err(StoreError::new(ErrorKind::Indeterminate, "injected: reply lost"))
     }
 }
@@ -305,13 +295,13 @@ pub async fn indeterminate_write_is_not_reapplied_over_a_later_write(store: Arc<
     let h = Harness::new(store);
     let rt = h.runtime();
     rt.invoke::<_, ()>("seed", &("t", "aba", json!("before")), None).await.unwrap();
-    let interleaving = Arc::new(InterleavingStore { inner: h.store.clone(), armed: AtomicBool::new(false) });
+    let interleaving = Arc::new(Intercept::new(h.store.clone(), Interleaving { armed: AtomicBool::new(false) }));
     let rt = h.runtime_on(interleaving.clone(), test_config());
     // Warm the tail cache so the write is the plain one-round-trip path.
     rt.invoke::<_, ()>("seed", &("t", "aba", json!("warm")), None).await.unwrap();
-    interleaving.armed.store(true, Ordering::SeqCst);
+    interleaving.hooks().armed.store(true, Ordering::SeqCst);
     rt.invoke::<_, ()>("seed", &("t", "aba", json!("mine")), Some("aba-writer")).await.unwrap();
-    assert!(!interleaving.armed.load(Ordering::SeqCst), "the fault was not injected");
+    assert!(!interleaving.hooks().armed.load(Ordering::SeqCst), "the fault was not injected");
     assert_eq!(rt.peek("t", "aba").await.unwrap(), Some(json!("intruder")), "a retried write clobbered a later write");
 }
 
@@ -319,37 +309,21 @@ pub async fn indeterminate_write_is_not_reapplied_over_a_later_write(store: Arc<
 /// same step with another value: the put-if-absent must lose and the handler
 /// must see the twin's value.
 #[derive(Debug)]
-struct RacingTwinStore {
-    inner: Arc<dyn StateStore>,
+struct RacingTwin {
     armed: AtomicBool,
 }
 
 #[async_trait::async_trait]
-impl StateStore for RacingTwinStore {
-    fn capabilities(&self) -> flowstate_core::store::Capabilities {
-        self.inner.capabilities()
-    }
-    async fn get(&self, key: &Key) -> StoreResult<Option<Item>> {
-        self.inner.get(key).await
-    }
-    async fn put(&self, key: &Key, item: Item, mode: PutMode) -> StoreResult<()> {
+impl Hooks for RacingTwin {
+    async fn put(&self, inner: &dyn StateStore, key: &Key, item: Item, mode: PutMode) -> StoreResult<()> {
         if key.table == *layout::OPLOG && mode == PutMode::Create && self.armed.swap(false, Ordering::SeqCst) {
             let mut twin = item.clone();
             twin.insert("v", json!(999));
-            self.inner.put(key, twin, PutMode::Create).await?;
+            inner.put(key, twin, PutMode::Create).await?;
         }
-        self.inner.put(key, item, mode).await
+        inner.put(key, item, mode).await
     }
-    async fn update(&self, key: &Key, conditions: &[Condition], mutations: &[Mutation]) -> StoreResult<Item> {
-        self.inner.update(key, conditions, mutations).await
-    }
-    async fn delete(&self, key: &Key, conditions: &[Condition]) -> StoreResult<bool> {
-        self.inner.delete(key, conditions).await
-    }
-    async fn scan(&self, table: &TableName, partition: &[u8], page: PageRequest) -> StoreResult<Page> {
-        self.inner.scan(table, partition, page).await
-    }
-    async fn transact(&self, ops: Vec<WriteOp>) -> StoreResult<()> {
+    async fn transact(&self, inner: &dyn StateStore, ops: Vec<WriteOp>) -> StoreResult<()> {
         // Let the batch carrying the intent fail like a refused one would, so
         // the entry goes through `put` above.
         if self.armed.load(Ordering::SeqCst)
@@ -357,14 +331,14 @@ impl StateStore for RacingTwinStore {
         {
             return Err(StoreError::condition_failed(None));
         }
-        self.inner.transact(ops).await
+        inner.transact(ops).await
     }
 }
 
 pub async fn a_racing_twin_s_logged_result_wins(store: Arc<dyn StateStore>) {
     let h = Harness::new(store);
     h.runtime().invoke::<_, ()>("seed", &("t", "twin", json!(1)), None).await.unwrap();
-    let racing = Arc::new(RacingTwinStore { inner: h.store.clone(), armed: AtomicBool::new(true) });
+    let racing = Arc::new(Intercept::new(h.store.clone(), RacingTwin { armed: AtomicBool::new(true) }));
     let rt = Runtime::builder(racing.clone())
         .clock(h.clock.clone())
         .config(test_config())
@@ -375,7 +349,7 @@ pub async fn a_racing_twin_s_logged_result_wins(store: Arc<dyn StateStore>) {
         })
         .build();
     let (v, again): (Option<i64>, Option<i64>) = rt.invoke("reader", &(), Some("twin-1")).await.unwrap();
-    assert!(!racing.armed.load(Ordering::SeqCst), "the twin never raced");
+    assert!(!racing.hooks().armed.load(Ordering::SeqCst), "the twin never raced");
     assert_eq!(v, Some(999), "the first logged value wins over this execution's own read");
     assert_eq!(again, Some(1));
 }
@@ -1196,41 +1170,31 @@ async fn model_case(h: &Harness, case: u64, writers: &[(u32, Option<u64>, usize)
 /// registers intents eagerly, keeps no instance index, and its collector and
 /// GC scan the intent shards.
 #[derive(Debug)]
-struct WithoutBatches(Arc<dyn StateStore>);
+struct NoBatches;
 
 #[async_trait::async_trait]
-impl StateStore for WithoutBatches {
-    fn capabilities(&self) -> flowstate_core::store::Capabilities {
-        self.0.capabilities().with_atomic_batch(false)
+impl Hooks for NoBatches {
+    fn capabilities(&self, inner: &dyn StateStore) -> flowstate_core::store::Capabilities {
+        inner.capabilities().with_atomic_batch(false)
     }
-    async fn get(&self, key: &Key) -> StoreResult<Option<Item>> {
-        self.0.get(key).await
-    }
-    async fn put(&self, key: &Key, item: Item, mode: PutMode) -> StoreResult<()> {
-        self.0.put(key, item, mode).await
-    }
-    async fn update(&self, key: &Key, conditions: &[Condition], mutations: &[Mutation]) -> StoreResult<Item> {
-        self.0.update(key, conditions, mutations).await
-    }
-    async fn delete(&self, key: &Key, conditions: &[Condition]) -> StoreResult<bool> {
-        self.0.delete(key, conditions).await
-    }
-    async fn scan(&self, table: &TableName, partition: &[u8], page: PageRequest) -> StoreResult<Page> {
-        self.0.scan(table, partition, page).await
-    }
-    async fn transact(&self, _ops: Vec<WriteOp>) -> StoreResult<()> {
+    async fn transact(&self, _inner: &dyn StateStore, _ops: Vec<WriteOp>) -> StoreResult<()> {
         Err(StoreError::new(ErrorKind::Unsupported, "this store has no atomic batches"))
     }
 }
 
+/// `store` as a backend without atomic batches.
+fn without_batches(store: Arc<dyn StateStore>) -> Arc<dyn StateStore> {
+    Arc::new(Intercept::new(store, NoBatches))
+}
+
 pub async fn crash_point_sweep_bank_transfer_without_batches(store: Arc<dyn StateStore>) {
-    crash_point_sweep_bank_transfer(Arc::new(WithoutBatches(store))).await;
+    crash_point_sweep_bank_transfer(without_batches(store)).await;
 }
 
 pub async fn collector_recovers_crashed_sync_and_async_callees_without_batches(store: Arc<dyn StateStore>) {
-    collector_recovers_crashed_sync_and_async_callees(Arc::new(WithoutBatches(store))).await;
+    collector_recovers_crashed_sync_and_async_callees(without_batches(store)).await;
 }
 
 pub async fn gc_collects_finished_instances_and_keeps_results_without_batches(store: Arc<dyn StateStore>) {
-    gc_collects_finished_instances_and_keeps_results(Arc::new(WithoutBatches(store))).await;
+    gc_collects_finished_instances_and_keeps_results(without_batches(store)).await;
 }

@@ -26,69 +26,23 @@
 //!   against a pure model of the contract.
 //! - [`engine_cases`]: exactly-once engine scenarios on top of a store.
 
-use async_trait::async_trait;
-use flowstate_core::store::{
-    Capabilities, Condition, Item, Key, Mutation, Namespace, Page, PageRequest, PutMode, StateStore, StoreResult,
-    TableName, WriteOp,
-};
+use flowstate_core::store::{Namespace, StateStore};
 
 pub mod engine_cases;
+pub mod intercept;
 pub mod measure;
 mod model;
 pub mod store_cases;
 pub mod workflows;
 
 #[doc(hidden)]
+pub use intercept::{Hooks, Intercept, KeepAlive, guarded};
 pub use tokio as __tokio;
 
 /// A fresh random namespace (`ns_` + 32 hex digits), so runs and cases never
 /// share data even on one server.
 pub fn random_namespace() -> Namespace {
     Namespace::new(format!("ns_{}", uuid::Uuid::new_v4().simple())).expect("valid namespace")
-}
-
-/// A store that keeps `guard` (a temporary directory, a server handle, ...)
-/// alive exactly as long as the store, for factories that must return only
-/// `Arc<dyn StateStore>`.
-#[derive(Debug)]
-pub struct Guarded<S, G> {
-    store: S,
-    _guard: G,
-}
-
-impl<S: StateStore, G> Guarded<S, G> {
-    /// Keep `guard` alive with `store`.
-    pub fn new(store: S, guard: G) -> Self {
-        Self { store, _guard: guard }
-    }
-}
-
-#[async_trait]
-impl<S: StateStore, G: std::fmt::Debug + Send + Sync + 'static> StateStore for Guarded<S, G> {
-    fn capabilities(&self) -> Capabilities {
-        self.store.capabilities()
-    }
-    fn requests_sent(&self) -> Option<u64> {
-        self.store.requests_sent()
-    }
-    async fn get(&self, key: &Key) -> StoreResult<Option<Item>> {
-        self.store.get(key).await
-    }
-    async fn put(&self, key: &Key, item: Item, mode: PutMode) -> StoreResult<()> {
-        self.store.put(key, item, mode).await
-    }
-    async fn update(&self, key: &Key, conditions: &[Condition], mutations: &[Mutation]) -> StoreResult<Item> {
-        self.store.update(key, conditions, mutations).await
-    }
-    async fn delete(&self, key: &Key, conditions: &[Condition]) -> StoreResult<bool> {
-        self.store.delete(key, conditions).await
-    }
-    async fn scan(&self, table: &TableName, partition: &[u8], page: PageRequest) -> StoreResult<Page> {
-        self.store.scan(table, partition, page).await
-    }
-    async fn transact(&self, ops: Vec<WriteOp>) -> StoreResult<()> {
-        self.store.transact(ops).await
-    }
 }
 
 /// Stamp out the whole suite for one backend.

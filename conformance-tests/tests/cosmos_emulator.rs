@@ -12,7 +12,7 @@ use azure_data_cosmos_driver::in_memory_emulator::{
     ConsistencyLevel, InMemoryEmulatorHttpClient, VirtualAccountConfig, VirtualRegion,
 };
 use backend_cosmos::{CosmosConfig, CosmosStore};
-use conformance_tests::{Guarded, random_namespace};
+use conformance_tests::{guarded, random_namespace};
 use flowstate_core::store::StateStore;
 
 /// The emulated account's gateway (never resolved: the emulator answers).
@@ -30,7 +30,7 @@ async fn cosmos_emulator_store() -> Arc<dyn StateStore> {
     let config =
         CosmosConfig::new(format!("{GATEWAY}/"), "dGVzdGtleQ==").with_namespace(random_namespace().to_string());
     let store = CosmosStore::open_with_runtime(config, runtime).await.expect("open cosmos store on the emulator");
-    Arc::new(Guarded::new(store, EmulatorGuard(emulator)))
+    Arc::new(guarded(store, EmulatorGuard(emulator)))
 }
 
 /// Keeps the emulated account alive with the store.
