@@ -20,7 +20,7 @@ use flowstate_core::store::{
     Condition, ErrorKind, Item, Key, Mutation, PutMode, StateStore, StoreError, StoreResult, UpdateStrategy, WriteOp,
 };
 use flowstate_core::testing::{FaultMode, FaultPlan, FaultyStore};
-use flowstate_core::{Clock, Config, Context, Error, ManualClock, Predicate, Runtime};
+use flowstate_core::{Clock, Config, Context, Error, ManualClock, Predicate, Runtime, RuntimeBuilder};
 use serde_json::{Value, json};
 
 use crate::intercept::{Hooks, Intercept};
@@ -87,6 +87,12 @@ impl Harness {
     }
 
     /// A runtime (fresh caches, like a new process) on `store` with the reference workflows.
+    /// A runtime builder on the shared store and clock with `config`, for
+    /// cases that register their own handlers.
+    fn builder(&self, config: Config) -> RuntimeBuilder {
+        Runtime::builder(self.store.clone()).clock(self.clock.clone()).config(config)
+    }
+
     fn runtime_on(&self, store: Arc<dyn StateStore>, config: Config) -> Runtime {
         let builder = Runtime::builder(store).clock(self.clock.clone()).config(config);
         workflows::register(builder, self.effects.clone()).build()
@@ -117,9 +123,8 @@ pub async fn finished_instance_returns_its_result_without_running_again(store: A
     let h = Harness::new(store);
     let runs = Arc::new(AtomicU64::new(0));
     let r = runs.clone();
-    let rt = Runtime::builder(h.store.clone())
-        .clock(h.clock.clone())
-        .config(test_config())
+    let rt = h
+        .builder(test_config())
         .register("hello", move |ctx: Context, name: String| {
             let r = r.clone();
             async move {
@@ -152,9 +157,8 @@ pub async fn a_duplicate_that_ignores_already_finished_makes_no_effect(store: Ar
     let h = Harness::new(store);
     let runs = Arc::new(AtomicU64::new(0));
     let r = runs.clone();
-    let rt = Runtime::builder(h.store.clone())
-        .clock(h.clock.clone())
-        .config(test_config())
+    let rt = h
+        .builder(test_config())
         .register("stubborn", move |ctx: Context, (): ()| {
             let r = r.clone();
             async move {
@@ -186,9 +190,8 @@ where
     let executions = Arc::new(AtomicU64::new(0));
     let e = executions.clone();
     let op = Arc::new(op);
-    let rt = Runtime::builder(h.store.clone())
-        .clock(h.clock.clone())
-        .config(test_config())
+    let rt = h
+        .builder(test_config())
         .register("replayed", move |ctx: Context, (): ()| {
             let (e, op) = (e.clone(), op.clone());
             async move {
@@ -393,9 +396,8 @@ pub async fn sync_invoke_runs_the_callee_once(store: Arc<dyn StateStore>) {
     let callee_runs = Arc::new(AtomicU64::new(0));
     let caller_runs = Arc::new(AtomicU64::new(0));
     let (cr, kr) = (callee_runs.clone(), caller_runs.clone());
-    let rt = Runtime::builder(h.store.clone())
-        .clock(h.clock.clone())
-        .config(test_config())
+    let rt = h
+        .builder(test_config())
         .register("caller", move |ctx: Context, n: i64| {
             let kr = kr.clone();
             async move {
@@ -430,9 +432,8 @@ pub async fn sync_invoke_runs_the_callee_once(store: Arc<dyn StateStore>) {
 pub async fn rows_chain_under_concurrent_writers(store: Arc<dyn StateStore>) {
     let h = Harness::new(store);
     let config = test_config().row_capacity(4);
-    let rt = Runtime::builder(h.store.clone())
-        .clock(h.clock.clone())
-        .config(config.clone())
+    let rt = h
+        .builder(config.clone())
         .register("writer", |ctx: Context, w: u32| async move {
             for j in 0..10u32 {
                 ctx.write("hot", "key", &json!([w, j])).await?;
@@ -443,9 +444,8 @@ pub async fn rows_chain_under_concurrent_writers(store: Arc<dyn StateStore>) {
     // 8 writers, each on its own runtime (own tail cache), all on one key.
     let mut tasks = Vec::new();
     for w in 0..8u32 {
-        let rt = Runtime::builder(h.store.clone())
-            .clock(h.clock.clone())
-            .config(config.clone())
+        let rt = h
+            .builder(config.clone())
             .register("writer", |ctx: Context, w: u32| async move {
                 for j in 0..10u32 {
                     ctx.write("hot", "key", &json!([w, j])).await?;
@@ -508,7 +508,7 @@ pub async fn collector_recovers_crashed_sync_and_async_callees(store: Arc<dyn St
         let rt1 = register(Runtime::builder(faulty).clock(h.clock.clone()).config(test_config())).build();
         let _ = rt1.invoke::<_, i64>("parent", &tag, Some(&tag)).await;
         h.expire_leases();
-        let rt2 = register(Runtime::builder(h.store.clone()).clock(h.clock.clone()).config(test_config())).build();
+        let rt2 = register(h.builder(test_config())).build();
         recovered += rt2.recover().await.unwrap().completed;
         // The client retries (the crash may have hit before the intent existed).
         let a: i64 = rt2.invoke("parent", &tag, Some(&tag)).await.unwrap();
@@ -692,9 +692,8 @@ pub async fn divergent_write_replay_is_rejected(store: Arc<dyn StateStore>) {
     // Same key, other operation kind: a read where a write was logged.
     let flip = Arc::new(AtomicBool::new(false));
     let f = flip.clone();
-    let rt = Runtime::builder(h.store.clone())
-        .clock(h.clock.clone())
-        .config(test_config())
+    let rt = h
+        .builder(test_config())
         .register("kind", move |ctx: Context, (): ()| {
             let f = f.clone();
             async move {
@@ -734,9 +733,8 @@ pub async fn bad_input_gets_typed_errors(store: Arc<dyn StateStore>) {
     let out = rt.invoke::<_, ()>("seed", &("t", "big", json!(big)), Some("too-big")).await;
     assert!(matches!(out, Err(Error::TooLarge(_))), "{out:?}");
     // A value larger than one item, made inside the handler: TooLarge, nothing written.
-    let rt = Runtime::builder(h.store.clone())
-        .clock(h.clock.clone())
-        .config(test_config())
+    let rt = h
+        .builder(test_config())
         .register("big_write", move |ctx: Context, n: usize| async move {
             match ctx.write("t", "big", &"x".repeat(n)).await {
                 Err(Error::TooLarge(msg)) => Ok(msg),
@@ -774,9 +772,8 @@ pub async fn corrupt_or_foreign_rows_are_typed_errors(store: Arc<dyn StateStore>
     let r = rt.invoke::<_, i64>("counter", "damaged", Some("damaged-1")).await;
     assert!(matches!(r, Err(Error::Corrupt(_))), "{r:?}");
     assert!(matches!(rt.peek(COUNTERS, "damaged").await, Err(Error::Corrupt(_))));
-    let rt2 = Runtime::builder(h.store.clone())
-        .clock(h.clock.clone())
-        .config(test_config())
+    let rt2 = h
+        .builder(test_config())
         .register("reader", |ctx: Context, (): ()| async move { ctx.read::<i64>(COUNTERS, "damaged").await })
         .build();
     let r = rt2.invoke::<_, Option<i64>>("reader", &(), Some("damaged-2")).await;
@@ -1008,9 +1005,8 @@ pub async fn duplicate_invocations_wait_for_the_live_execution(store: Arc<dyn St
     let h = Harness::new(store);
     let runs = Arc::new(AtomicU64::new(0));
     let r = runs.clone();
-    let rt = Runtime::builder(h.store.clone())
-        .clock(h.clock.clone())
-        .config(test_config())
+    let rt = h
+        .builder(test_config())
         .register("slow", move |ctx: Context, (): ()| {
             let r = r.clone();
             async move {
@@ -1128,7 +1124,7 @@ async fn model_case(h: &Harness, case: u64, writers: &[(u32, Option<u64>, usize)
         let _ = t.await.unwrap();
     }
     h.expire_leases();
-    let rt = register(Runtime::builder(h.store.clone()).clock(h.clock.clone()).config(config), key.clone()).build();
+    let rt = register(h.builder(config), key.clone()).build();
     rt.recover().await.unwrap();
     for (w, (n, _, _)) in writers.iter().enumerate() {
         rt.invoke::<_, ()>("multi_write", &(w, *n), Some(&format!("m{case}-w{w}"))).await.unwrap();

@@ -382,13 +382,7 @@ impl Context {
         let step = st.next_step;
         if let Some(item) = st.log.entries.get(&step) {
             // Writes are logged in the data row, never in the operation log.
-            let logged = oplog::entry_spec(item)?;
-            return Err(Error::NonDeterministic {
-                instance: self.inner.instance.to_string(),
-                step,
-                logged: logged.to_string(),
-                requested: OpSpec::new(kind, name).to_string(),
-            });
+            return Err(self.diverged(step, item, kind, name));
         }
         let partition = layout::data_partition(table, key);
         if st.pending {
@@ -410,13 +404,7 @@ impl Context {
                 return Ok(true);
             }
             if let Some(item) = st.log.entries.get(&step) {
-                let logged = oplog::entry_spec(item)?;
-                return Err(Error::NonDeterministic {
-                    instance: self.inner.instance.to_string(),
-                    step,
-                    logged: logged.to_string(),
-                    requested: OpSpec::new(kind, name).to_string(),
-                });
+                return Err(self.diverged(step, item, kind, name));
             }
         }
         let req = WriteRequest {
@@ -570,6 +558,20 @@ impl Context {
         };
         self.check_input(step, spec, &entry, input)?;
         Ok((entry, existed))
+    }
+
+    /// A write met an operation-log entry at its step: the replay asks for
+    /// something other than what the log holds (or the entry is damaged).
+    fn diverged(&self, step: u32, entry: &Item, kind: OpKind, name: Value) -> Error {
+        match oplog::entry_spec(entry) {
+            Ok(logged) => Error::NonDeterministic {
+                instance: self.inner.instance.to_string(),
+                step,
+                logged: logged.to_string(),
+                requested: OpSpec::new(kind, name).to_string(),
+            },
+            Err(damaged) => damaged,
+        }
     }
 
     fn check_input(&self, step: u32, spec: &OpSpec, entry: &Item, input: &Value) -> Result<()> {
