@@ -77,8 +77,27 @@ impl Item {
 
     /// Size of the item as the contract counts it: its compact JSON encoding.
     /// Backends compare this with [`Capabilities::max_item_bytes`](super::Capabilities).
+    ///
+    /// Counted while serializing, without building the encoding: every write
+    /// checks its size and most backends then encode the item once more to
+    /// store it, so the check should not allocate a copy.
     pub fn encoded_len(&self) -> usize {
-        serde_json::to_vec(&self.0).map(|v| v.len()).unwrap_or(usize::MAX)
+        /// A writer that only counts bytes.
+        struct Count(usize);
+        impl std::io::Write for Count {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0 += buf.len();
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut count = Count(0);
+        match serde_json::to_writer(&mut count, &self.0) {
+            Ok(()) => count.0,
+            Err(_) => usize::MAX,
+        }
     }
 
     /// The compact JSON encoding (what the SQL backends store).
@@ -271,4 +290,22 @@ pub enum Mutation {
     RemoveEntry { map: String, entry: String },
     /// Add to a numeric attribute (absent counts as 0).
     Add(String, i64),
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn encoded_len_is_the_length_of_the_encoding() {
+        for item in [
+            Item::new(),
+            Item::new().with("a", 1).with("b", "é\u{0}\"").with("c", json!({"x": [1.5, null, true]})),
+            Item::new().with("big", "x".repeat(100_000)),
+        ] {
+            assert_eq!(item.encoded_len(), item.to_json().len());
+        }
+    }
 }
