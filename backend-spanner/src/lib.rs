@@ -67,12 +67,10 @@ use gcloud_gax::grpc::{Code, Status};
 use gcloud_googleapis::spanner::v1::commit_request::Transaction as CommitTransaction;
 use gcloud_googleapis::spanner::v1::key_range::{EndKeyType, StartKeyType};
 use gcloud_googleapis::spanner::v1::mutation::{Delete, Operation, Write};
-use gcloud_googleapis::spanner::v1::transaction_options::read_only::TimestampBound;
-use gcloud_googleapis::spanner::v1::transaction_options::{Mode, ReadOnly, ReadWrite};
 use gcloud_googleapis::spanner::v1::transaction_selector::Selector;
 use gcloud_googleapis::spanner::v1::{
     CommitRequest, KeyRange, KeySet, Mutation as SpannerMutation, ReadRequest, ResultSet, RollbackRequest,
-    TransactionOptions, TransactionSelector,
+    TransactionSelector,
 };
 use gcloud_spanner::apiv1::conn_pool::ConnectionManager;
 use gcloud_spanner::client::ClientConfig;
@@ -242,21 +240,14 @@ impl SpannerStore {
 
     /// A strong single-use read of `key_set` with the given columns.
     async fn read_strong(&self, columns: &[&str], key_set: KeySet, limit: i64) -> StoreResult<ResultSet> {
-        let strong = TransactionOptions {
-            mode: Some(Mode::ReadOnly(ReadOnly {
-                return_read_timestamp: false,
-                timestamp_bound: Some(TimestampBound::Strong(true)),
-            })),
-            ..TransactionOptions::default()
-        };
         let mut attempt = 0;
         loop {
             let lease = self.lease().await?;
             let request = ReadRequest {
                 session: lease.name().to_owned(),
-                transaction: Some(TransactionSelector { selector: Some(Selector::SingleUse(strong.clone())) }),
+                transaction: wire::strong_single_use(),
                 table: self.shared.table.clone(),
-                columns: columns.iter().map(|c| (*c).to_owned()).collect(),
+                columns: wire::columns(columns),
                 key_set: Some(key_set.clone()),
                 limit,
                 ..ReadRequest::default()
@@ -317,12 +308,11 @@ impl SpannerStore {
         apply: &(impl Fn(&mut [Slot]) -> StoreResult<T> + Send + Sync),
     ) -> StoreResult<Attempt<T>> {
         let lease = self.lease().await?;
-        let begin = TransactionOptions { mode: Some(Mode::ReadWrite(ReadWrite::default())), ..Default::default() };
         let request = ReadRequest {
             session: lease.name().to_owned(),
-            transaction: Some(TransactionSelector { selector: Some(Selector::Begin(begin)) }),
+            transaction: Some(TransactionSelector { selector: Some(Selector::Begin(wire::read_write())) }),
             table: self.shared.table.clone(),
-            columns: wire::READ_COLUMNS.iter().map(|c| (*c).to_owned()).collect(),
+            columns: wire::columns(&wire::READ_COLUMNS),
             key_set: Some(KeySet {
                 keys: keys.iter().map(|k| wire::primary_key(&self.ns, k)).collect(),
                 ..KeySet::default()
@@ -395,22 +385,16 @@ impl SpannerStore {
 
     /// The mutations that take every slot from `before` to `after`.
     fn mutations(&self, slots: &[Slot]) -> Vec<SpannerMutation> {
-        let table = &self.shared.table;
-        let columns: Vec<String> = wire::ALL_COLUMNS.iter().map(|c| (*c).to_owned()).collect();
         let mut out = Vec::new();
         for slot in slots {
             let op = match (&slot.before, &slot.after) {
                 (before, after) if before == after => continue,
                 (_, Some(item)) => {
-                    let write = Write {
-                        table: table.clone(),
-                        columns: columns.clone(),
-                        values: vec![wire::row(&self.ns, &slot.key, &item.to_json())],
-                    };
+                    let write = self.write_op(&slot.key, item);
                     if slot.before.is_some() { Operation::Update(write) } else { Operation::Insert(write) }
                 }
                 (Some(_), None) => Operation::Delete(Delete {
-                    table: table.clone(),
+                    table: self.shared.table.clone(),
                     key_set: Some(KeySet { keys: vec![wire::primary_key(&self.ns, &slot.key)], ..KeySet::default() }),
                 }),
                 (None, None) => continue,
@@ -442,7 +426,7 @@ impl SpannerStore {
     /// `ALREADY_EXISTS` (an `insert` of an existing row) is `ConditionFailed`
     /// without the item; a lost answer is `Indeterminate`.
     async fn commit_single_use(&self, ops: Vec<Operation>) -> StoreResult<()> {
-        let options = TransactionOptions { mode: Some(Mode::ReadWrite(ReadWrite::default())), ..Default::default() };
+        let options = wire::read_write();
         let mut attempt = 0u32;
         loop {
             let lease = self.lease().await?;
@@ -473,7 +457,7 @@ impl SpannerStore {
     fn write_op(&self, key: &Key, item: &Item) -> Write {
         Write {
             table: self.shared.table.clone(),
-            columns: wire::ALL_COLUMNS.iter().map(|c| (*c).to_owned()).collect(),
+            columns: wire::columns(&wire::ALL_COLUMNS),
             values: vec![wire::row(&self.ns, key, &item.to_json())],
         }
     }

@@ -15,10 +15,7 @@ use flowstate_core::store::{ErrorKind, StoreError, StoreResult};
 use gcloud_gax::conn::Environment;
 use gcloud_gax::grpc::Code;
 use gcloud_googleapis::spanner::admin::database::v1::UpdateDatabaseDdlRequest;
-use gcloud_googleapis::spanner::v1::transaction_options::read_only::TimestampBound;
-use gcloud_googleapis::spanner::v1::transaction_options::{Mode, ReadOnly};
-use gcloud_googleapis::spanner::v1::transaction_selector::Selector;
-use gcloud_googleapis::spanner::v1::{KeySet, ReadRequest, TransactionOptions, TransactionSelector};
+use gcloud_googleapis::spanner::v1::{KeySet, ReadRequest};
 use gcloud_spanner::admin::AdminClientConfig;
 use gcloud_spanner::admin::client::Client as AdminClient;
 
@@ -68,20 +65,11 @@ pub(crate) async fn ensure_table(
 /// missing, `InvalidInput` if it has other columns.
 async fn probe(pool: &Arc<SessionPool>, config: &SpannerConfig) -> StoreResult<()> {
     let lease = pool.lease().await.map_err(|s| from_status(s, Phase::Setup))?;
-    let strong = TransactionOptions {
-        mode: Some(Mode::ReadOnly(ReadOnly {
-            return_read_timestamp: false,
-            timestamp_bound: Some(TimestampBound::Strong(true)),
-        })),
-        ..TransactionOptions::default()
-    };
-    let mut columns: Vec<String> = wire::ALL_COLUMNS.iter().map(|c| (*c).to_owned()).collect();
-    columns.truncate(5);
     let request = ReadRequest {
         session: lease.name().to_owned(),
-        transaction: Some(TransactionSelector { selector: Some(Selector::SingleUse(strong)) }),
+        transaction: wire::strong_single_use(),
         table: config.table.clone(),
-        columns,
+        columns: wire::columns(&wire::ALL_COLUMNS),
         key_set: Some(KeySet { all: true, ..KeySet::default() }),
         limit: 1,
         ..ReadRequest::default()

@@ -9,7 +9,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use flowstate_core::store::{Item, Key, Namespace, StoreError, StoreResult, TableName};
 use gcloud_gax::grpc::{Code, Status};
-use gcloud_googleapis::spanner::v1::{ReadRequest, ResultSet};
+use gcloud_googleapis::spanner::v1::transaction_options::read_only::TimestampBound;
+use gcloud_googleapis::spanner::v1::transaction_options::{Mode, ReadOnly, ReadWrite};
+use gcloud_googleapis::spanner::v1::transaction_selector::Selector;
+use gcloud_googleapis::spanner::v1::{ReadRequest, ResultSet, TransactionOptions, TransactionSelector};
 use gcloud_spanner::apiv1::spanner_client::Client as GrpcClient;
 use prost_types::value::Kind;
 use prost_types::{ListValue, Value};
@@ -24,6 +27,29 @@ pub(crate) const READ_COLUMNS: [&str; 4] = ["tbl", "pk", "sk", "body"];
 
 /// The columns of a scan page.
 pub(crate) const SCAN_COLUMNS: [&str; 2] = ["sk", "body"];
+
+/// Column names as the requests take them.
+pub(crate) fn columns(names: &[&str]) -> Vec<String> {
+    names.iter().map(|c| (*c).to_owned()).collect()
+}
+
+/// A single-use, strongly consistent read-only transaction (one read sees
+/// every commit acknowledged before it).
+pub(crate) fn strong_single_use() -> Option<TransactionSelector> {
+    let strong = TransactionOptions {
+        mode: Some(Mode::ReadOnly(ReadOnly {
+            return_read_timestamp: false,
+            timestamp_bound: Some(TimestampBound::Strong(true)),
+        })),
+        ..TransactionOptions::default()
+    };
+    Some(TransactionSelector { selector: Some(Selector::SingleUse(strong)) })
+}
+
+/// Read-write transaction options (for an inline begin or a single-use commit).
+pub(crate) fn read_write() -> TransactionOptions {
+    TransactionOptions { mode: Some(Mode::ReadWrite(ReadWrite::default())), ..TransactionOptions::default() }
+}
 
 pub(crate) fn string(s: &str) -> Value {
     Value { kind: Some(Kind::StringValue(s.to_owned())) }
