@@ -16,16 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const ENDPOINT_VAR: &str = "FLOWSTATE_TEST_DYNAMODB_ENDPOINT";
 
 fn endpoint() -> Option<String> {
-    match std::env::var(ENDPOINT_VAR) {
-        Ok(v) if !v.is_empty() => Some(v),
-        _ if std::env::var("FLOWSTATE_TEST_REQUIRE").as_deref() == Ok("1") => {
-            panic!("set {ENDPOINT_VAR} (FLOWSTATE_TEST_REQUIRE=1: service-backed tests must run)")
-        }
-        _ => {
-            println!("skipping: set {ENDPOINT_VAR}");
-            None
-        }
-    }
+    conformance_tests::service_var(ENDPOINT_VAR, &[])
 }
 
 fn namespace() -> String {

@@ -23,16 +23,7 @@ const URL_VAR: &str = "FLOWSTATE_TEST_POSTGRES_URL";
 
 /// The server URL, or `None` (after printing why) when the test is skipped.
 fn server_url() -> Option<String> {
-    match std::env::var(URL_VAR) {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ if std::env::var("FLOWSTATE_TEST_REQUIRE").as_deref() == Ok("1") => {
-            panic!("set {URL_VAR} (FLOWSTATE_TEST_REQUIRE=1: service-backed tests must run)")
-        }
-        _ => {
-            eprintln!("skipping: set {URL_VAR}");
-            None
-        }
-    }
+    conformance_tests::service_var(URL_VAR, &[])
 }
 
 /// A fresh identifier per call (clock nanos plus a process-wide counter).

@@ -31,20 +31,7 @@ const URL_VAR: &str = "FLOWSTATE_TEST_SPANNER_URL";
 
 /// The database URL, or `None` (after printing why) when the test is skipped.
 fn server_url() -> Option<String> {
-    let ready = std::env::var(URL_VAR)
-        .ok()
-        .filter(|u| !u.is_empty())
-        .zip(std::env::var("SPANNER_EMULATOR_HOST").ok().filter(|h| !h.is_empty()));
-    match ready {
-        Some((url, _)) => Some(url),
-        None if std::env::var("FLOWSTATE_TEST_REQUIRE").as_deref() == Ok("1") => {
-            panic!("set {URL_VAR} and SPANNER_EMULATOR_HOST (FLOWSTATE_TEST_REQUIRE=1: service-backed tests must run)")
-        }
-        None => {
-            eprintln!("skipping: set {URL_VAR} and SPANNER_EMULATOR_HOST (scripts/test.sh starts the emulator)");
-            None
-        }
-    }
+    conformance_tests::service_var(URL_VAR, &["SPANNER_EMULATOR_HOST"])
 }
 
 /// A fresh identifier per call.

@@ -114,6 +114,15 @@ pub fn env_configured(var: &str) -> Result<(), String> {
     }
 }
 
+/// The value of `var` (a server URL or endpoint) when a service-backed test
+/// should run: `None` after printing `skipping: set VAR` when it is unset,
+/// and a panic instead under `FLOWSTATE_TEST_REQUIRE=1` (see [`should_run`]).
+/// `also` names further variables that must be set too.
+pub fn service_var(var: &str, also: &[&str]) -> Option<String> {
+    let ready = also.iter().try_fold((), |(), v| env_configured(v)).and_then(|()| env_configured(var));
+    should_run(ready).then(|| std::env::var(var).expect("checked by env_configured"))
+}
+
 /// The store a case runs on.
 #[doc(hidden)]
 pub type __CaseArc = std::sync::Arc<dyn StateStore>;

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use backend_cosmos::{CosmosConfig, CosmosStore};
-use conformance_tests::{random_namespace, should_run};
+use conformance_tests::random_namespace;
 use flowstate_core::store::{
     Condition, ErrorKind, Item, Key, Mutation, PageRequest, PutMode, StateStore, StateStoreExt, TableName,
 };
@@ -27,10 +27,7 @@ const ENDPOINT_VAR: &str = "FLOWSTATE_TEST_COSMOS_ENDPOINT";
 
 /// A store on a fresh random namespace (its own container), or `None` when skipped.
 async fn http_store() -> Option<CosmosStore> {
-    if !should_run(conformance_tests::env_configured(ENDPOINT_VAR)) {
-        return None;
-    }
-    let url = std::env::var(ENDPOINT_VAR).expect("checked by should_run");
+    let url = conformance_tests::service_var(ENDPOINT_VAR, &[])?;
     let config = CosmosConfig::from_url(&url)
         .expect("FLOWSTATE_TEST_COSMOS_ENDPOINT is a cosmos:// URL")
         .with_namespace(random_namespace().to_string());

@@ -29,10 +29,7 @@ conformance_tests::conformance_tests!(setup = dynamodb_store, skip_unless = env_
 /// exactly one request (no hidden fallback in the steady state).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_trips_are_single_dynamodb_requests() {
-    if !conformance_tests::should_run(env_configured(ENDPOINT_VAR)) {
-        return;
-    }
-    let endpoint = std::env::var(ENDPOINT_VAR).expect("checked above");
+    let Some(endpoint) = conformance_tests::service_var(ENDPOINT_VAR, &[]) else { return };
     let config = DynamoDbConfig::new("us-east-1")
         .with_endpoint(endpoint)
         .with_table_prefix("fs_test_")
