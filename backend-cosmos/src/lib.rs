@@ -113,6 +113,15 @@ enum Swap<T> {
     Retry,
 }
 
+impl<T> Swap<T> {
+    /// A refusal computed on `known`: the answer if that version was just
+    /// read, otherwise a reason to read it afresh and try again (the cached
+    /// version may be stale).
+    fn refused(fresh: bool, e: StoreError) -> StoreResult<Self> {
+        if fresh { Err(e) } else { Ok(Swap::Retry) }
+    }
+}
+
 impl CosmosStore {
     /// Connect to the account, and create the database and this namespace's
     /// container if they do not exist.
@@ -330,13 +339,13 @@ impl CosmosStore {
     ) -> StoreResult<Swap<Item>> {
         let current = &*known.item;
         if !conditions_hold(conditions, Some(current)) {
-            return if fresh { Err(StoreError::condition_failed(Some(current.clone()))) } else { Ok(Swap::Retry) };
+            return Swap::refused(fresh, StoreError::condition_failed(Some(current.clone())));
         }
         let mut next = current.clone();
         let bytes = match apply_mutations(&mut next, mutations).and_then(|()| self.too_large(&next)) {
             Ok(bytes) => bytes,
             // Type errors and sizes are answers only on a version known to be current.
-            Err(e) => return if fresh { Err(e) } else { Ok(Swap::Retry) },
+            Err(e) => return Swap::refused(fresh, e),
         };
         self.replace_if(container, pk, id, &known.etag, next, bytes).await
     }
@@ -351,11 +360,7 @@ impl CosmosStore {
         conditions: &[Condition],
     ) -> StoreResult<Swap<bool>> {
         if !conditions_hold(conditions, Some(&known.item)) {
-            return if fresh {
-                Err(StoreError::condition_failed(Some((*known.item).clone())))
-            } else {
-                Ok(Swap::Retry)
-            };
+            return Swap::refused(fresh, StoreError::condition_failed(Some((*known.item).clone())));
         }
         let ck = self.cache_key(pk, id);
         let options = ItemWriteOptions::default().with_precondition(Precondition::if_match(known.etag.clone()));
